@@ -1,0 +1,159 @@
+"""Input perturbations for robustness evaluation and adversarial training, vectorised over the batch.
+
+All attacks work on any input shape (images ``[B, C, H, W]`` or flat ``[B, d]``), use only
+``torch.autograd.grad`` (parameter gradients are untouched), never switch the model's
+train/eval mode, and return detached adversarial inputs inside ``box``.
+``loss_fn`` must return one loss per sample (``reduction="none"``); its default is cross-entropy.
+"""
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lipreg.functional.pairs import Box, project_onto_ball
+from lipreg.functional.quotients import MIN_DISTANCE, sample_norm
+
+Norm = Literal["l2", "linf"]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of each sample: ``[B, C], [B] -> [B]``."""
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def per_sample_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of each sample over its output dimensions: ``[B, ...] -> [B]``."""
+    return (prediction - target).square().flatten(1).mean(dim=1)
+
+
+def _check(epsilon: float, norm: str) -> None:
+    if epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
+
+
+def _clamp(x: Tensor, box: Box | None) -> Tensor:
+    return x if box is None else x.clamp(box[0], box[1])
+
+
+def _broadcast(values: Tensor, like: Tensor) -> Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _loss_gradient(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor]:
+    """Per-sample losses at ``x`` and the gradient of their sum with respect to ``x``."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        losses = loss_fn(model(x), y)
+        (grad,) = torch.autograd.grad(losses.sum(), x)
+    return losses.detach(), grad
+
+
+def _steepest_step(grad: Tensor, norm: Norm) -> Tensor:
+    """The unit-norm steepest-ascent direction: ``sign(g)`` for L∞, ``g / ‖g‖₂`` for L2."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / _broadcast(sample_norm(grad).clamp_min(MIN_DISTANCE), grad)
+
+
+def _random_start(x: Tensor, epsilon: float, norm: Norm, generator: torch.Generator | None) -> Tensor:
+    """A point uniform in the ε-ball around each sample (L∞: a uniform cube; L2: uniform in volume)."""
+    if norm == "linf":
+        return x + (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * epsilon
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = direction / _broadcast(sample_norm(direction).clamp_min(MIN_DISTANCE), x)
+    dim = x[0].numel()
+    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dim) * epsilon
+    return x + direction * _broadcast(radius, x)
+
+
+def gaussian_noise(
+    x: Tensor, sigma: float, box: Box | None = (0.0, 1.0), generator: torch.Generator | None = None
+) -> Tensor:
+    """``clamp(x + σ·N(0, I))``: the CLIP paper's noise test (σ = 1, zero mean)."""
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _clamp(x + sigma * noise, box)
+
+
+def fgsm(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    norm: Norm = "linf",
+    loss_fn: LossFn = per_sample_cross_entropy,
+    box: Box | None = (0.0, 1.0),
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Fast gradient (sign) method (Goodfellow et al., 2015).
+
+    .. math:: x_{adv} = \\Pi_{box}\\big(x + \\varepsilon\\, s(\\nabla_x \\ell(f(x), y))\\big)
+
+    with ``s = sign`` for L∞ and ``s(g) = g/‖g‖₂`` for L2. With ``random_start`` the gradient is
+    taken at a uniform point of the ε-ball and the result projected back into it (Wong et al., 2020).
+    """
+    _check(epsilon, norm)
+    start = _clamp(_random_start(x, epsilon, norm, generator), box) if random_start else x
+    _, grad = _loss_gradient(model, start, y, loss_fn)
+    adversarial = start + epsilon * _steepest_step(grad, norm)
+    if random_start:
+        adversarial = project_onto_ball(adversarial, x, epsilon, p=2.0 if norm == "l2" else float("inf"))
+    return _clamp(adversarial, box).detach()
+
+
+def pgd(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    norm: Norm = "l2",
+    step_kind: Literal["steepest", "sign"] = "steepest",
+    loss_fn: LossFn = per_sample_cross_entropy,
+    box: Box | None = (0.0, 1.0),
+    random_start: bool = False,
+    restarts: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Projected gradient ascent on the loss (Madry et al., 2018), batched.
+
+    .. math:: x^{t+1} = \\Pi_{box}\\Big(\\Pi_{B_\\varepsilon(x)}\\big(x^t + \\alpha\\, s(\\nabla_x \\ell(f(x^t), y))\\big)\\Big)
+
+    ``step_kind="steepest"`` uses the norm's own steepest direction (``g/‖g‖₂`` for L2,
+    ``sign g`` for L∞); ``step_kind="sign"`` with ``norm="l2"`` is the CLIP paper's eq. (13)
+    (sign steps, projection onto the L2 ball; ε = 2, α = 0.25, 100 iterations in Table 1).
+    The projection is per sample. With several ``restarts`` (random starts after the first,
+    which starts at ``x`` unless ``random_start``) each sample keeps its highest-loss result.
+    """
+    _check(epsilon, norm)
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    p = 2.0 if norm == "l2" else float("inf")
+    best, best_loss = x.detach(), None
+    for restart in range(restarts):
+        start_random = random_start or restart > 0
+        adversarial = _clamp(_random_start(x, epsilon, norm, generator), box) if start_random else x.detach()
+        for _ in range(steps):
+            _, grad = _loss_gradient(model, adversarial, y, loss_fn)
+            direction = grad.sign() if step_kind == "sign" else _steepest_step(grad, norm)
+            adversarial = _clamp(project_onto_ball(adversarial + step_size * direction, x, epsilon, p), box)
+        if restarts == 1:
+            return adversarial.detach()
+        with torch.no_grad():
+            losses = loss_fn(model(adversarial), y)
+        if best_loss is None:
+            best, best_loss = adversarial, losses
+        else:
+            better = losses > best_loss
+            best = torch.where(_broadcast(better, x), adversarial, best)
+            best_loss = torch.where(better, losses, best_loss)
+    return best.detach()

@@ -1,0 +1,130 @@
+"""Lower and upper bounds of a network's Lipschitz constant (L2 norms)."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipreg.functional.pairs import Box, ascend_pairs
+from lipreg.functional.quotients import MIN_DISTANCE, difference_quotients
+
+#: Lipschitz constants of parameter-free layers with respect to the L2 norm.
+_ACTIVATION_CONSTANTS: dict[type[nn.Module], float] = {
+    nn.ReLU: 1.0,
+    nn.LeakyReLU: 1.0,
+    nn.Tanh: 1.0,
+    nn.Sigmoid: 0.25,
+    nn.Flatten: 1.0,
+    nn.Identity: 1.0,
+    nn.Dropout: 1.0,
+}
+
+
+def lipschitz_lower_bound(
+    model: Callable[[Tensor], Tensor],
+    u: Tensor,
+    v: Tensor,
+    steps: int = 50,
+    step_size: float = 1.0,
+    box: Box | None = None,
+) -> Tensor:
+    """The largest difference quotient found by adaptive pair ascent from the pairs ``(u, v)``.
+
+    Every quotient is attained, so the result is a certified lower bound of ``Lip(f)`` (eq. (3)).
+    """
+    result = ascend_pairs(model, u, v, step_size, steps=steps, box=box, adaptive=True)
+    with torch.no_grad():
+        return difference_quotients(model, result.u, result.v).max()
+
+
+def _power_iteration(
+    apply: Callable[[Tensor], Tensor],
+    apply_transpose: Callable[[Tensor], Tensor],
+    shape: tuple[int, ...],
+    iterations: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Tensor:
+    """Largest singular value of a linear operator given ``A x`` and ``Aᵀ y`` (power iteration on AᵀA)."""
+    x = torch.randn(shape, generator=generator).to(device)
+    for _ in range(iterations):
+        x = x / x.norm().clamp_min(MIN_DISTANCE)
+        x = apply_transpose(apply(x))
+    x = x / x.norm().clamp_min(MIN_DISTANCE)
+    return apply(x).norm()
+
+
+def layer_operator_norm(
+    layer: nn.Module, input_shape: tuple[int, ...], iterations: int = 100, generator: torch.Generator | None = None
+) -> float:
+    """The L2 operator norm of one layer, for an input of ``input_shape`` (no batch dimension).
+
+    ``Linear``: the largest singular value of the weight (exact). ``Conv2d``: power iteration on
+    the convolution as an operator on ``input_shape`` (padding and stride included), via
+    ``conv2d`` and ``conv_transpose2d``. Biases do not change a Lipschitz constant.
+    """
+    if isinstance(layer, nn.Linear):
+        return torch.linalg.matrix_norm(layer.weight.detach(), ord=2).item()
+    if isinstance(layer, nn.Conv2d):
+        weight = layer.weight.detach()
+        conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        out_shape = F.conv2d(torch.zeros(1, *input_shape, device=weight.device), weight, **conv).shape
+        extra = [
+            input_shape[i + 1] - ((out_shape[i + 2] - 1) * layer.stride[i] - 2 * layer.padding[i]
+                                  + layer.dilation[i] * (weight.shape[i + 2] - 1) + 1)
+            for i in range(2)
+        ]
+
+        def apply(x: Tensor) -> Tensor:
+            return F.conv2d(x, weight, **conv)
+
+        def apply_transpose(y: Tensor) -> Tensor:
+            return F.conv_transpose2d(y, weight, output_padding=extra, **conv)
+
+        sigma = _power_iteration(apply, apply_transpose, (1, *input_shape), iterations, generator, weight.device)
+        return sigma.item()
+    for kind, constant in _ACTIVATION_CONSTANTS.items():
+        if isinstance(layer, kind):
+            return constant
+    if isinstance(layer, nn.MaxPool2d):
+        kernel = nn.modules.utils._pair(layer.kernel_size)
+        stride = nn.modules.utils._pair(layer.stride)
+        # each input lies in at most ceil(k/s) windows per axis; disjoint windows give 1
+        overlap = 1
+        for k, s in zip(kernel, stride, strict=True):
+            overlap *= -(-k // s)
+        return float(overlap) ** 0.5
+    if hasattr(layer, "lipschitz_constant"):
+        return float(layer.lipschitz_constant())
+    raise ValueError(
+        f"no Lipschitz bound known for layer {type(layer).__name__}; the upper bound supports "
+        "Linear, Conv2d, MaxPool2d, ReLU, LeakyReLU, Tanh, Sigmoid, Flatten, Dropout and layers "
+        "with a lipschitz_constant() method"
+    )
+
+
+def lipschitz_upper_bound(
+    layers: nn.Sequential, input_shape: tuple[int, ...], iterations: int = 100, seed: int = 0
+) -> float:
+    """The layer-product upper bound ``Lip(f) ≤ Π_l Lip(Φ_l)`` (CLIP paper, eq. (4)).
+
+    ``layers`` must be a chain (an ``nn.Sequential``, nested ones are flattened); each layer's
+    input shape is found by one forward pass of a zero input of ``input_shape``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    chain = _flatten_sequential(layers)
+    device = next((t.device for t in layers.parameters()), torch.device("cpu"))
+    bound = 1.0
+    x = torch.zeros(1, *input_shape, device=device)
+    with torch.no_grad():
+        for layer in chain:
+            bound *= layer_operator_norm(layer, tuple(x.shape[1:]), iterations, generator)
+            x = layer(x)
+    return bound
+
+
+def _flatten_sequential(layers: nn.Module) -> list[nn.Module]:
+    if isinstance(layers, nn.Sequential):
+        return [leaf for child in layers for leaf in _flatten_sequential(child)]
+    return [layers]

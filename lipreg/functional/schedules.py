@@ -1,0 +1,61 @@
+"""Schedules of the regularisation coefficient and the ε-ball as plain ``float -> float`` functions."""
+
+
+def discrepancy_step(
+    coefficient: float,
+    accuracy: float,
+    target: float,
+    step: float,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+) -> float:
+    """One update of the discrepancy principle (CLIP paper, Algorithm 2).
+
+    .. math:: \\lambda \\leftarrow \\begin{cases} \\lambda + d\\lambda & A(f_\\theta; T) > \\alpha \\\\
+              \\max(\\lambda - d\\lambda, \\lambda_{min}) & \\text{otherwise} \\end{cases}
+
+    capped at ``maximum`` when one is given.
+
+    >>> discrepancy_step(1.0, accuracy=0.95, target=0.9, step=0.5)
+    1.5
+    >>> discrepancy_step(0.2, accuracy=0.80, target=0.9, step=0.5)
+    0.0
+    """
+    updated = coefficient + step if accuracy > target else max(coefficient - step, minimum)
+    return updated if maximum is None else min(updated, maximum)
+
+
+def decay_epsilon(epsilon: float, factor: float = 0.9, minimum: float = 0.0) -> float:
+    """ε ← max(γ·ε, ε_min): the shrinking ball of TV/pTV (FLIP slides, "ε ← ε × 0.9").
+
+    >>> round(decay_epsilon(1.0), 10)
+    0.9
+    >>> decay_epsilon(0.1, factor=0.5, minimum=0.08)
+    0.08
+    """
+    return max(factor * epsilon, minimum)
+
+
+def warmup_finished(
+    accuracy: float | None,
+    epochs_done: int,
+    target: float | None = None,
+    epochs: int | None = None,
+) -> bool:
+    """Whether the warm-up phase (FLIP slides, "Warm-up Phase") is over.
+
+    It ends when the training accuracy reaches ``target`` (α) or after ``epochs`` epochs,
+    whichever is given (both: whichever comes first).
+
+    >>> warmup_finished(0.85, 3, target=0.9)
+    False
+    >>> warmup_finished(0.91, 3, target=0.9)
+    True
+    >>> warmup_finished(None, 2, epochs=2)
+    True
+    """
+    if target is None and epochs is None:
+        raise ValueError("warm-up needs a target accuracy, a number of epochs, or both")
+    by_accuracy = target is not None and accuracy is not None and accuracy >= target
+    by_epochs = epochs is not None and epochs_done >= epochs
+    return by_accuracy or by_epochs

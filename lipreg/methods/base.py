@@ -1,0 +1,239 @@
+"""The LightningModule every lipreg method extends: steps, metrics, logging, optimisers."""
+
+import importlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MeanSquaredError, Metric
+
+from lipreg.errors import LipregError
+
+Task = Literal["classification", "regression"]
+TASKS = ("classification", "regression")
+
+# The CLI stores the network's config in the hyperparameters and rebuilds it on load, so the
+# module instance Lightning warns about is never pickled.
+warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+
+
+class Penalty(NamedTuple):
+    """What a method's :meth:`LipRegModule.penalty` returns.
+
+    ``value`` is the differentiable regulariser that is multiplied by λ; ``lip`` is the current
+    largest difference quotient (detached, not squared) for logging, or ``None``.
+    """
+
+    value: Tensor
+    lip: Tensor | None = None
+
+
+class LipRegModule(L.LightningModule):
+    """Training objective ``mean loss(f(x), y) + λ · penalty`` (CLIP paper, eq. (2)).
+
+    Subclasses implement :meth:`penalty` (and rarely :meth:`data_term`); this class owns the
+    steps, the metrics and the optimiser. ``task`` chooses cross-entropy with accuracy
+    (``classification``, the network outputs logits) or mean squared error (``regression``).
+    λ lives in the buffer ``lam`` so checkpoints restore it; callbacks change it between steps.
+    ``regularise`` is switched off by the warm-up callback, which skips the penalty entirely.
+
+    Logged once per epoch: ``train/loss``, ``train/acc`` (or ``train/mse``), ``val/…``,
+    ``test/…`` and, for regularised methods, ``train/lambda`` (or ``train/mu``),
+    ``train/penalty`` and ``train/lip``.
+    """
+
+    #: The name λ is logged under (weight decay calls it μ).
+    coefficient_name = "lambda"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        task: Task = "classification",
+        lam: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise LipregError(f"task must be one of {TASKS}, got {task!r}")
+        if lam < 0:
+            raise LipregError(f"the regularisation coefficient must be >= 0, got {lam}")
+        self.save_hyperparameters()
+        self.net = net
+        self.task = task
+        self.seed = seed
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.register_buffer("lam", torch.tensor(float(lam)))
+        self.regularise = True
+        score: type[Metric] = MeanMetric if task == "classification" else MeanSquaredError
+        self.score_name = "acc" if task == "classification" else "mse"
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": (score() if name == "score" else MeanMetric())
+             for stage in ("train", "val", "test") for name in ("loss", "score")}
+        )
+        if self.is_regularised:
+            self.metrics["train_penalty"] = MeanMetric()
+            self.metrics["train_lip"] = MeanMetric()
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def penalty(self, x: Tensor, y: Tensor) -> Penalty:
+        """The regulariser on the batch ``(x, y)``; the plain method has none."""
+        return Penalty(torch.zeros((), device=x.device))
+
+    def data_term(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's outputs on the clean batch and the data loss to minimise."""
+        output = self.net(x)
+        return output, self.loss(output, y)
+
+    @property
+    def is_regularised(self) -> bool:
+        """Whether this method has a penalty (it overrides :meth:`penalty`)."""
+        return type(self).penalty is not LipRegModule.penalty
+
+    # ----------------------------------------------------------------- shared pieces
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """Mean cross-entropy (classification) or mean squared error (regression)."""
+        if self.task == "classification":
+            return F.cross_entropy(output, target)
+        return F.mse_loss(output, target)
+
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """A random generator seeded by ``(seed, global step, rank)``: a resumed run draws the same noise."""
+        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        return torch.Generator(device=device).manual_seed(self.seed + 1_000_003 * (self.global_step * world + rank))
+
+    def _update_score(self, stage: str, output: Tensor, target: Tensor) -> None:
+        if self.task == "classification":
+            self.metrics[f"{stage}_score"].update((output.argmax(dim=1) == target).float())
+        else:
+            self.metrics[f"{stage}_score"].update(output, target)
+
+    def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        output = self.net(x)
+        loss = self.loss(output, y)
+        self.metrics[f"{stage}_loss"].update(loss)
+        self._update_score(stage, output, y)
+        return loss
+
+    def _log_and_reset(self, stage: str) -> None:
+        names = [key for key in self.metrics if key.startswith(f"{stage}_")]
+        values = {}
+        for key in names:
+            metric = self.metrics[key]
+            if metric.update_count:
+                label = self.score_name if key.endswith("_score") else key.split("_", 1)[1]
+                values[f"{stage}/{label}"] = metric.compute()
+            metric.reset()
+        if values:
+            self.log_dict(values, sync_dist=False)
+
+    # ----------------------------------------------------------------- Lightning steps
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        output, data_loss = self.data_term(x, y)
+        objective = data_loss
+        if self.is_regularised and self.regularise:
+            penalty = self.penalty(x, y)
+            objective = data_loss + self.lam * penalty.value
+            self.metrics["train_penalty"].update(penalty.value.detach())
+            if penalty.lip is not None:
+                self.metrics["train_lip"].update(penalty.lip)
+        self.metrics["train_loss"].update(data_loss.detach())
+        self._update_score("train", output.detach(), y)
+        return objective
+
+    def on_train_epoch_end(self) -> None:
+        self._log_and_reset("train")
+        if self.is_regularised:
+            self.log(f"train/{self.coefficient_name}", self.lam)
+            if hasattr(self, "epsilon"):
+                self.log("train/epsilon", self.epsilon)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_and_reset("val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_and_reset("test")
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self.net(batch[0])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.net.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    # ----------------------------------------------------------------- checks and state
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
+    ) -> "LipRegModule":
+        """Load a checkpoint; called on ``LipRegModule`` itself it returns the method that was trained.
+
+        ``LipRegModule.load_from_checkpoint(path)`` reads the method's class from the checkpoint
+        (``CLIP``, ``Standard``, …) and rebuilds its network from the saved config.
+        """
+        target = cls
+        if cls is LipRegModule:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+            if class_path:
+                module_name, _, class_name = class_path.rpartition(".")
+                # only lipreg's own modules or ones the user already imported, never an arbitrary import
+                module = sys.modules.get(module_name)
+                if module is None and module_name.split(".")[0] == "lipreg":
+                    module = importlib.import_module(module_name)
+                target = getattr(module, class_name, None)
+                if not (isinstance(target, type) and issubclass(target, LipRegModule)):
+                    raise LipregError(f"checkpoint {checkpoint_path} names {class_path}, not a lipreg method")
+        return super(LipRegModule, target).load_from_checkpoint(checkpoint_path, map_location, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "num_outputs"):
+            return
+        name = type(datamodule).__name__
+        if datamodule.task != self.task:
+            raise LipregError(
+                f"model task is {self.task!r} but {name} is a {datamodule.task} dataset; "
+                f"set --model.init_args.task {datamodule.task}"
+            )
+        probe = torch.zeros(2, *datamodule.input_shape, device=self.device)
+        try:
+            with torch.no_grad():
+                outputs = self.net(probe)
+        except RuntimeError as error:
+            raise LipregError(
+                f"network {type(self.net).__name__} cannot take {name}'s inputs of shape "
+                f"{tuple(datamodule.input_shape)}: {str(error).splitlines()[0]}"
+            ) from None
+        if outputs.shape[-1] != datamodule.num_outputs:
+            raise LipregError(
+                f"network {type(self.net).__name__} outputs {outputs.shape[-1]} values per sample but {name} "
+                f"needs {datamodule.num_outputs}; make the network's last layer {datamodule.num_outputs} wide"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lipreg"] = {"regularise": self.regularise}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.regularise = checkpoint.get("lipreg", {}).get("regularise", True)

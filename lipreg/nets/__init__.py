@@ -1,0 +1,7 @@
+"""Networks as plain ``nn.Module``s, chosen in YAML. They output logits (no softmax)."""
+
+from lipreg.nets.cnn import MadryCNN
+from lipreg.nets.mlp import MLP
+from lipreg.nets.normalize import Normalize
+
+__all__ = ["MLP", "MadryCNN", "Normalize"]

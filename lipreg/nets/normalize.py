@@ -1,0 +1,31 @@
+"""Input standardisation as a layer, so attacks and Lipschitz pairs live in pixel space."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel (or one value for all); Lipschitz constant ``1 / min(std)``."""
+
+    def __init__(self, mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32)
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        if (std_t <= 0).any():
+            raise ValueError(f"std must be positive, got {std}")
+        # [C] -> [C, 1, 1] so a per-channel statistic broadcasts over images
+        shape = (-1, 1, 1) if mean_t.dim() == 1 else ()
+        self.register_buffer("mean", mean_t.reshape(shape) if shape else mean_t)
+        self.register_buffer("std", std_t.reshape(shape) if shape else std_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def lipschitz_constant(self) -> float:
+        """``1 / min(std)``: used by :func:`lipreg.functional.lipschitz_upper_bound`."""
+        return 1.0 / self.std.min().item()
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
