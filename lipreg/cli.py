@@ -12,6 +12,8 @@ import lipreg.nets  # noqa: F401  (registers networks for class_path: NAME)
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
 
+DESCRIPTION = "Lipschitz-regularised training (CLIP, SumFLIP, TV, pTV, …) and robustness evaluation."
+
 
 class LipRegCLI(LightningCLI):
     """LightningCLI with subclass mode for model and data, and inference mode off by default.
@@ -27,7 +29,7 @@ class LipRegCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": False},
+            parser_kwargs={"prog": "lipreg", "description": DESCRIPTION},
             args=args,
             run=run,
             auto_configure_optimizers=False,
@@ -37,9 +39,12 @@ class LipRegCLI(LightningCLI):
         parser.set_defaults({"trainer.inference_mode": False})
 
 
-def main(args: ArgsType = None) -> None:
-    """Entry point of ``lipreg`` and ``python -m lipreg``; tests pass ``args`` as a list."""
+def main(args: ArgsType = None) -> LipRegCLI:
+    """Entry point of ``lipreg`` and ``python -m lipreg``; tests pass ``args`` as a list.
+
+    Returns the CLI object, whose ``trainer.callback_metrics`` hold the last run's results.
+    """
     try:
-        LipRegCLI(args=args)
+        return LipRegCLI(args=args)
     except LipregError as error:
         sys.exit(f"lipreg: error: {error}")

@@ -126,7 +126,7 @@ def pgd(
 ) -> Tensor:
     """Projected gradient ascent on the loss (Madry et al., 2018), batched.
 
-    .. math:: x^{t+1} = \\Pi_{box}\\Big(\\Pi_{B_\\varepsilon(x)}\\big(x^t + \\alpha\\, s(\\nabla_x \\ell(f(x^t), y))\\big)\\Big)
+    .. math:: x^{t+1} = Π_{box}(Π_{B_ε(x)}(x^t + α·s(∇_x ℓ(f(x^t), y))))
 
     ``step_kind="steepest"`` uses the norm's own steepest direction (``g/‖g‖₂`` for L2,
     ``sign g`` for L∞); ``step_kind="sign"`` with ``norm="l2"`` is the CLIP paper's eq. (13)
