@@ -1,5 +1,6 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
 from lipreg.callbacks.regression_plot import RegressionPlot
+from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
-__all__ = ["RegressionPlot"]
+__all__ = ["EpsilonDecay", "LambdaDiscrepancy", "RegressionPlot", "Warmup"]

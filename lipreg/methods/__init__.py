@@ -1,6 +1,12 @@
 """One LightningModule per method; ``--model CLIP`` etc. resolve to these by name."""
 
 from lipreg.methods.base import LipRegModule, Penalty
+from lipreg.methods.clip import CLIP
+from lipreg.methods.fgsm import FGSMTraining
+from lipreg.methods.ptv import PTV
 from lipreg.methods.standard import Standard
+from lipreg.methods.sumflip import SumFLIP
+from lipreg.methods.tv import TV
+from lipreg.methods.weight_decay import WeightDecay
 
-__all__ = ["LipRegModule", "Penalty", "Standard"]
+__all__ = ["CLIP", "PTV", "TV", "FGSMTraining", "LipRegModule", "Penalty", "Standard", "SumFLIP", "WeightDecay"]

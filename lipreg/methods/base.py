@@ -55,6 +55,8 @@ class LipRegModule(L.LightningModule):
 
     #: The name λ is logged under (weight decay calls it μ).
     coefficient_name = "lambda"
+    #: Buffers whose shape is only known once training starts (e.g. a pair set); resized on load.
+    lazy_buffers: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -71,6 +73,10 @@ class LipRegModule(L.LightningModule):
         if lam < 0:
             raise LipregError(f"the regularisation coefficient must be >= 0, got {lam}")
         self.save_hyperparameters()
+        for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module) or callable(v)]:
+            # built in Python rather than from a config: keep live objects out of the checkpoint
+            # (pass them again to load_from_checkpoint); the CLI stores their configs instead
+            self.hparams.pop(key)
         self.net = net
         self.task = task
         self.seed = seed
@@ -78,6 +84,8 @@ class LipRegModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.register_buffer("lam", torch.tensor(float(lam)))
         self.regularise = True
+        #: the valid input range (clamps attacks and pairs), taken from the data module in ``setup``
+        self.input_box: tuple[float, float] | None = None
         self.score_name = "acc" if task == "classification" else "mse"
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": (self._score_metric() if name == "score" else _mean())
@@ -203,7 +211,9 @@ class LipRegModule(L.LightningModule):
         target = cls
         if cls is LipRegModule:
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+            class_path = checkpoint.get("hyper_parameters", {}).get("_class_path") or checkpoint.get(
+                "lipreg", {}
+            ).get("class_path")
             if class_path:
                 module_name, _, class_name = class_path.rpartition(".")
                 # only lipreg's own modules or ones the user already imported, never an arbitrary import
@@ -220,6 +230,7 @@ class LipRegModule(L.LightningModule):
         if datamodule is None or not hasattr(datamodule, "num_outputs"):
             return
         name = type(datamodule).__name__
+        self.input_box = getattr(datamodule, "input_box", None)
         if datamodule.task != self.task:
             raise LipregError(
                 f"model task is {self.task!r} but {name} is a {datamodule.task} dataset; "
@@ -241,7 +252,13 @@ class LipRegModule(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lipreg"] = {"regularise": self.regularise}
+        checkpoint["lipreg"] = {
+            "regularise": self.regularise,
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.regularise = checkpoint.get("lipreg", {}).get("regularise", True)
+        for name in self.lazy_buffers:
+            if name in checkpoint["state_dict"]:
+                setattr(self, name, torch.empty_like(checkpoint["state_dict"][name], device=self.device))

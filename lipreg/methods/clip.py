@@ -1,0 +1,128 @@
+"""CLIP: Cheap Lipschitz training (Bungert et al., CLIP paper, Algorithms 1 and 2)."""
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lipreg.errors import LipregError
+from lipreg.functional import ascend_pairs, box_pairs, difference_quotients, max_quotient, noisy_pairs
+from lipreg.functional.pairs import NoiseKind
+from lipreg.methods.base import LipRegModule, Penalty, Task
+
+PairInit = Literal["heldout", "batch", "box"]
+
+
+class CLIP(LipRegModule):
+    """``min_θ mean loss(f_θ(x), y) + λ · max_{(x,x') ∈ X_Lip} ‖f_θ(x) − f_θ(x')‖ / ‖x − x'‖`` (eqs. (2), (5)).
+
+    λ weighs the Lipschitz estimate against the data loss; the ``LambdaDiscrepancy`` callback
+    moves it towards a target training accuracy α (Algorithm 2). Before every parameter step the
+    pair set ``X_Lip`` takes ``ascent_steps`` steps of gradient ascent on its quotients
+    (Algorithm 1), so it keeps tracking the pairs where the network is steepest.
+
+    The pair set is module state (buffers ``pair_u``, ``pair_v``, saved in checkpoints) that
+    persists across batches, except with ``pair_init="batch"``, where each batch brings its own:
+
+    - ``heldout``: the data module's held-out Lipschitz images and noisy copies (the paper: 6,000);
+    - ``batch``: the current batch ``x`` and ``x + noise``;
+    - ``box``: ``num_pairs`` points uniform in the input box and noisy copies (the paper's regression).
+
+    ``reinit_every_n_steps`` draws a fresh set every N steps (the regression experiment draws one a
+    epoch). ``squared=True`` penalises ``max L²``, the CLIP reference code's variant.
+    ``p`` is the norm on inputs and outputs (the paper uses Euclidean norms).
+    """
+
+    lazy_buffers = ("pair_u", "pair_v", "pair_step")
+
+    def __init__(
+        self,
+        net: nn.Module,
+        task: Task = "classification",
+        lam: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
+        pair_init: PairInit = "heldout",
+        num_pairs: int | None = None,
+        noise: NoiseKind = "gaussian",
+        noise_scale: float = 0.1,
+        ascent_steps: int = 1,
+        step_size: float = 0.01,
+        adaptive_step: bool = False,
+        reinit_every_n_steps: int | None = None,
+        squared: bool = False,
+        p: float = 2.0,
+    ) -> None:
+        super().__init__(net, task, lam, optimizer, lr_scheduler, seed)
+        if pair_init not in ("heldout", "batch", "box"):
+            raise LipregError(f"pair_init must be 'heldout', 'batch' or 'box', got {pair_init!r}")
+        if pair_init == "box" and not num_pairs:
+            raise LipregError("pair_init 'box' needs num_pairs, the size of the pair set")
+        if ascent_steps < 0 or step_size <= 0 or noise_scale <= 0:
+            raise LipregError(
+                f"need ascent_steps >= 0, step_size > 0 and noise_scale > 0; got {ascent_steps}, {step_size}, "
+                f"{noise_scale}"
+            )
+        if reinit_every_n_steps is not None and reinit_every_n_steps < 1:
+            raise LipregError(f"reinit_every_n_steps must be >= 1, got {reinit_every_n_steps}")
+        self.pair_init = pair_init
+        self.num_pairs = num_pairs
+        self.noise = noise
+        self.noise_scale = noise_scale
+        self.ascent_steps = ascent_steps
+        self.step_size = step_size
+        self.adaptive_step = adaptive_step
+        self.reinit_every_n_steps = reinit_every_n_steps
+        self.squared = squared
+        self.p = p
+        self.register_buffer("pair_u", torch.empty(0))
+        self.register_buffer("pair_v", torch.empty(0))
+        self.register_buffer("pair_step", torch.empty(0))
+
+    def reduce(self, quotients: Tensor) -> Tensor:
+        """How the pair quotients become one number: their maximum (eq. (5))."""
+        return max_quotient(quotients, self.squared)
+
+    def initial_pairs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """A fresh pair set for the batch ``x`` according to ``pair_init``."""
+        generator = self.step_generator(x.device)
+        if self.pair_init == "batch":
+            centres = x[: self.num_pairs] if self.num_pairs else x
+            return noisy_pairs(centres, self.noise_scale, self.noise, self.input_box, generator)
+        if self.pair_init == "box":
+            if self.input_box is None:
+                raise LipregError("pair_init 'box' needs a data module with an input_box")
+            return box_pairs(self.num_pairs, tuple(x.shape[1:]), self.input_box, self.noise_scale, self.noise,
+                             generator, x.device)
+        held_out = getattr(self.trainer.datamodule, "lipschitz_inputs", None) if self._trainer else None
+        if held_out is None or len(held_out) == 0:
+            raise LipregError(
+                "pair_init 'heldout' needs held-out Lipschitz images: set --data.init_args.lipschitz_size "
+                "(the paper uses 6000), or use pair_init 'batch' or 'box'"
+            )
+        share = held_out[self.global_rank :: self.trainer.world_size]  # each process owns its share
+        share = share[: self.num_pairs] if self.num_pairs else share
+        return noisy_pairs(share.to(x.device), self.noise_scale, self.noise, self.input_box, generator)
+
+    def _pairs_for_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
+        fresh = (
+            self.pair_init == "batch"
+            or self.pair_u.numel() == 0
+            or (self.reinit_every_n_steps is not None and self.global_step % self.reinit_every_n_steps == 0)
+        )
+        if fresh:
+            u, v = self.initial_pairs(x)
+            return u, v, self.step_size
+        return self.pair_u, self.pair_v, self.pair_step
+
+    def penalty(self, x: Tensor, y: Tensor) -> Penalty:
+        u, v, step = self._pairs_for_step(x)
+        moved = ascend_pairs(
+            self.net, u, v, step, steps=self.ascent_steps, p=self.p, box=self.input_box, adaptive=self.adaptive_step
+        )
+        if self.pair_init != "batch":
+            self.pair_u, self.pair_v, self.pair_step = moved.u, moved.v, moved.step_size
+        quotients = difference_quotients(self.net, moved.u, moved.v, self.p)  # [P]
+        return Penalty(self.reduce(quotients), quotients.detach().max())

@@ -1,0 +1,34 @@
+"""Weight regularisation: the CLIP paper's baseline, eq. (6) with λ = 0."""
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lipreg.functional import squared_parameter_norm
+from lipreg.methods.base import LipRegModule, Penalty, Task
+
+
+class WeightDecay(LipRegModule):
+    """``min_θ mean loss(f_θ(x), y) + μ · ‖θ‖²`` over all network parameters.
+
+    An explicit penalty (not the optimiser's ``weight_decay``), so the ``LambdaDiscrepancy``
+    callback can drive μ towards a target accuracy exactly as it drives CLIP's λ (the paper's
+    "Weight Reg." rows of Table 1). Norms of the weights bound the Lipschitz constant layer by
+    layer (eq. (4)). Logged as ``train/mu``.
+    """
+
+    coefficient_name = "mu"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        task: Task = "classification",
+        mu: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(net, task, mu, optimizer, lr_scheduler, seed)
+
+    def penalty(self, x: Tensor, y: Tensor) -> Penalty:
+        return Penalty(squared_parameter_norm(self.net.parameters()))
