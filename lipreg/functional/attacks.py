@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lipreg.functional.pairs import Box, project_onto_ball
-from lipreg.functional.quotients import MIN_DISTANCE, sample_norm
+from lipreg.functional.quotients import MIN_DISTANCE, differentiable_copy, sample_norm
 
 Norm = Literal["l2", "linf"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -47,8 +47,8 @@ def _broadcast(values: Tensor, like: Tensor) -> Tensor:
 
 def _loss_gradient(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor]:
     """Per-sample losses at ``x`` and the gradient of their sum with respect to ``x``."""
-    x = x.detach().requires_grad_(True)
     with torch.enable_grad():
+        x = differentiable_copy(x)
         losses = loss_fn(model(x), y)
         (grad,) = torch.autograd.grad(losses.sum(), x)
     return losses.detach(), grad

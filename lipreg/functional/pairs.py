@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lipreg.functional.quotients import MIN_DISTANCE, difference_quotients, sample_norm
+from lipreg.functional.quotients import MIN_DISTANCE, difference_quotients, differentiable_copy, sample_norm
 
 NoiseKind = Literal["gaussian", "uniform"]
 Box = tuple[float, float]
@@ -120,9 +120,8 @@ def _quotients_and_input_grads(
     model: Callable[[Tensor], Tensor], u: Tensor, v: Tensor, p: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Quotients of the pairs and the gradients of ``q²/2`` with respect to both points."""
-    u = u.detach().requires_grad_(True)
-    v = v.detach().requires_grad_(True)
     with torch.enable_grad():
+        u, v = differentiable_copy(u), differentiable_copy(v)
         q = difference_quotients(model, u, v, p)
         grad_u, grad_v = torch.autograd.grad(0.5 * q.square().sum(), (u, v))
     return q.detach(), grad_u, grad_v

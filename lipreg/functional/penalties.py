@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from lipreg.functional.quotients import MIN_DISTANCE, sample_norm
+from lipreg.functional.quotients import MIN_DISTANCE, differentiable_copy, sample_norm
 
 
 def max_quotient(quotients: Tensor, squared: bool = False) -> Tensor:
@@ -50,11 +50,11 @@ def jacobian_spectral_norm(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    x = x.detach().requires_grad_(True)
     with torch.enable_grad():
+        x = differentiable_copy(x)
         outputs = model(x)  # [B, out]
         # Jᵀw is linear in w; differentiating <Jᵀw, v> by w gives Jv (the double-backward trick).
-        w = torch.zeros_like(outputs, requires_grad=True)
+        w = differentiable_copy(torch.zeros_like(outputs))
         (jacobian_t_w,) = torch.autograd.grad(outputs, x, grad_outputs=w, create_graph=True)
 
         def jvp(v: Tensor, keep_graph: bool) -> Tensor:

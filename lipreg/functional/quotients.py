@@ -9,6 +9,15 @@ from torch import Tensor
 MIN_DISTANCE = 1e-12
 
 
+def differentiable_copy(x: Tensor) -> Tensor:
+    """A detached copy of ``x`` to take ``torch.autograd.grad`` with respect to (call under grad mode).
+
+    The copy is a non-leaf (``leaf · 1``): ``torch.utils.flop_counter`` cannot follow
+    ``autograd.grad`` with respect to leaf tensors, and the extra elementwise op is negligible.
+    """
+    return x.detach().requires_grad_(True) * 1.0
+
+
 def sample_norm(x: Tensor, p: float = 2.0) -> Tensor:
     """The p-norm of each sample over all its non-batch dimensions: ``[B, ...] -> [B]``."""
     return torch.linalg.vector_norm(x.flatten(1), ord=p, dim=1)

@@ -1,0 +1,104 @@
+"""Cost of each regulariser against standard training on MNIST, timed in one run; prints ratios.
+
+    python benchmarks/regularisers.py --data-dir ../shared/datasets
+
+784-200-80-10 ReLU network, batch 128, SGD; pair set = the batch and one ascent step for the
+pair-based methods, plus CLIP at the reference code's settings (500 persistent pairs from a
+held-out split, one ascent step). For each method: seconds per epoch (the second of two epochs),
+its ratio to Standard, the ratio of FLOPs of one training step (forward, pair ascent and backward,
+counted with ``torch.utils.flop_counter``), and time ratio / FLOP ratio. Target: ≤ 1.3 for every
+method, i.e. the extra time is the extra arithmetic and not overhead.
+"""
+
+import argparse
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lipreg.data import MNISTDataModule
+from lipreg.methods import CLIP, PTV, TV, FGSMTraining, LipRegModule, Standard, SumFLIP, WeightDecay
+from lipreg.nets import MLP
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sgd(parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=0.1, momentum=0.9)
+
+
+def net() -> MLP:
+    torch.manual_seed(0)
+    return MLP([784, 200, 80, 10], activation="relu")
+
+
+METHODS: dict[str, Callable[[], LipRegModule]] = {
+    "Standard": lambda: Standard(net(), optimizer=sgd),
+    "CLIP": lambda: CLIP(net(), lam=0.01, pair_init="batch", step_size=0.1, optimizer=sgd),
+    "SumFLIP": lambda: SumFLIP(net(), lam=0.01, pair_init="batch", step_size=0.1, optimizer=sgd),
+    "TV": lambda: TV(net(), lam=0.01, epsilon=1.0, step_size=0.1, optimizer=sgd),
+    "TV exact (3 power it.)": lambda: TV(net(), lam=0.01, exact=True, power_iterations=3, optimizer=sgd),
+    "pTV": lambda: PTV(net(), lam=0.01, epsilon=1.0, step_size=0.1, optimizer=sgd),
+    "WeightDecay": lambda: WeightDecay(net(), mu=1e-4, optimizer=sgd),
+    "FGSMTraining": lambda: FGSMTraining(net(), epsilon=0.1, adversarial_weight=0.5, optimizer=sgd),
+    "CLIP reference (500 held-out)": lambda: CLIP(
+        net(), lam=0.01, pair_init="heldout", num_pairs=500, step_size=0.1, optimizer=sgd
+    ),
+}
+
+
+class EpochTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.times.append(time.perf_counter() - self.start)
+
+
+def step_flops(module: LipRegModule, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """FLOPs of one training step's forward, pair ascent and backward (not the optimiser update)."""
+    with FlopCounterMode(display=False) as counter:
+        module.training_step(batch, 0).backward()
+    module.net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets"))
+    parser.add_argument("--limit-batches", type=int, default=None, help="batches per epoch (default: all)")
+    args = parser.parse_args()
+
+    data = MNISTDataModule(data_dir=args.data_dir, val_size=6000, lipschitz_size=6000, batch_size=128)
+    data.setup()
+    batch = tuple(t[:128] for t in data.splits.train)
+    rows = []
+    for name, build in METHODS.items():
+        L.seed_everything(0, verbose=False)
+        module = build()
+        timer = EpochTimer()
+        trainer = L.Trainer(
+            max_epochs=2, limit_train_batches=args.limit_batches, limit_val_batches=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            inference_mode=False, callbacks=[timer],
+        )
+        trainer.fit(module, data)
+        rows.append((name, timer.times[-1], step_flops(module, batch)))
+        print(f"{name}: {timer.times[-1]:.2f} s/epoch", flush=True)
+
+    base_time, base_flops = rows[0][1], rows[0][2]
+    print(f"\nMNIST, 784-200-80-10, batch 128, {torch.get_num_threads()} threads; ratios to Standard")
+    print(f"{'method':<32}{'s/epoch':>9}{'time':>8}{'FLOPs':>8}{'time/FLOPs':>12}")
+    for name, seconds, flops in rows:
+        time_ratio, flop_ratio = seconds / base_time, flops / base_flops
+        print(f"{name:<32}{seconds:>9.2f}{time_ratio:>8.2f}{flop_ratio:>8.2f}{time_ratio / flop_ratio:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
