@@ -3,16 +3,21 @@
 import sys
 
 import lightning as L
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import lipreg.callbacks  # noqa: F401  (registers callback classes for short names in YAML)
 import lipreg.data  # noqa: F401  (registers data modules for --data NAME)
 import lipreg.methods  # noqa: F401  (registers methods for --model NAME)
 import lipreg.nets  # noqa: F401  (registers networks for class_path: NAME)
+from lipreg.callbacks import RobustnessEvaluation
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
+from lipreg.report import compare
 
-DESCRIPTION = "Lipschitz-regularised training (CLIP, SumFLIP, TV, pTV, …) and robustness evaluation."
+DESCRIPTION = (
+    "Lipschitz-regularised training (CLIP, SumFLIP, TV, pTV, …) and robustness evaluation. "
+    "`lipreg compare DIR` tabulates the `lipreg test` results found below DIR."
+)
 
 
 class LipRegCLI(LightningCLI):
@@ -35,16 +40,29 @@ class LipRegCLI(LightningCLI):
             auto_configure_optimizers=False,
         )
 
-    def add_arguments_to_parser(self, parser: LightningCLI) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"trainer.inference_mode": False})
+        # the attack suite of `lipreg test`, configured under `evaluation:` (a callback in every run)
+        parser.add_lightning_class_args(RobustnessEvaluation, "evaluation")
 
 
-def main(args: ArgsType = None) -> LipRegCLI:
-    """Entry point of ``lipreg`` and ``python -m lipreg``; tests pass ``args`` as a list.
+def run(args: ArgsType = None) -> LipRegCLI | None:
+    """Run ``lipreg`` with ``args`` (default: the command line) and return the CLI object.
 
-    Returns the CLI object, whose ``trainer.callback_metrics`` hold the last run's results.
+    ``lipreg compare DIR`` tabulates and plots the ``lipreg test`` results below DIR and returns
+    ``None``. Otherwise the returned CLI's ``trainer.callback_metrics`` hold the run's results.
+    Bad input ends the process with one line, ``lipreg: error: …``.
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["compare"]:
+        compare(argv[1:])
+        return None
     try:
         return LipRegCLI(args=args)
     except LipregError as error:
         sys.exit(f"lipreg: error: {error}")
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``lipreg`` command and ``python -m lipreg``."""
+    run(args)

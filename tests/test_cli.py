@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from lipreg.cli import main
+from lipreg.cli import run
 from lipreg.methods import LipRegModule
 
 from .conftest import CONFIGS
@@ -42,13 +42,13 @@ def test_every_config_runs_fast_dev_run(config: Path, request: pytest.FixtureReq
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar", "false"]
     if needs_data_dir(config):
         args += ["--data.init_args.data_dir", str(request.getfixturevalue("data_dir"))]
-    main(args)
+    run(args)
 
 
 def test_print_config_resolves_defaults(capsys: pytest.CaptureFixture):
     config = Path(__file__).parents[1] / "configs" / "regression_standard.yaml"
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(config), "--print_config"])
+        run(["fit", "--config", str(config), "--print_config"])
     assert info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["inference_mode"] is False
@@ -57,11 +57,11 @@ def test_print_config_resolves_defaults(capsys: pytest.CaptureFixture):
 
 def test_fit_writes_logs_config_and_a_checkpoint_that_loads_back(tmp_path: Path):
     config = Path(__file__).parents[1] / "configs" / "regression_standard.yaml"
-    main(["fit", "--config", str(config), "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1"])
-    run = tmp_path / "lightning_logs" / "version_0"
-    assert (run / "config.yaml").is_file()
-    assert list(run.glob("events.out.tfevents.*"))
-    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
+    run(["fit", "--config", str(config), "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1"])
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert (run_dir / "config.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
     model = LipRegModule.load_from_checkpoint(checkpoint)
     assert type(model).__name__ == "Standard"
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
@@ -74,11 +74,15 @@ def test_fit_writes_logs_config_and_a_checkpoint_that_loads_back(tmp_path: Path)
 def test_test_subcommand_reports_accuracy(tmp_path: Path, data_dir: Path):
     config = str(Path(__file__).parents[1] / "configs" / "mnist_standard.yaml")
     common = ["--config", config, "--data.init_args.data_dir", str(data_dir)]
-    main(["fit", *common, "--trainer.max_epochs", "1",
+    run(["fit", *common, "--trainer.max_epochs", "1",
           "--trainer.limit_val_batches", "1"])
-    (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
-    cli = main(["test", *common, "--ckpt_path", str(checkpoint)])
-    assert 0.5 < cli.trainer.callback_metrics["test/acc"].item() <= 1.0
+    (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    quick = ["--evaluation.sample_size", "300", "--evaluation.pgd_steps", "10"]
+    cli = run(["test", *common, "--ckpt_path", str(checkpoint), *quick])
+    metrics = cli.trainer.callback_metrics
+    assert 0.5 < metrics["test/acc"].item() <= 1.0
+    assert metrics["test/pgd_acc@2"] <= metrics["test/pgd_acc@0.5"] <= 1.0
+    assert (tmp_path / "lightning_logs" / "version_1" / "robustness.json").is_file()
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

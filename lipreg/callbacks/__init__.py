@@ -1,6 +1,7 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
 from lipreg.callbacks.regression_plot import RegressionPlot
+from lipreg.callbacks.robustness import PGDValidation, RobustnessEvaluation
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
-__all__ = ["EpsilonDecay", "LambdaDiscrepancy", "RegressionPlot", "Warmup"]
+__all__ = ["EpsilonDecay", "LambdaDiscrepancy", "PGDValidation", "RegressionPlot", "RobustnessEvaluation", "Warmup"]

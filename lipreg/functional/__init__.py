@@ -4,7 +4,7 @@ Every function returns new tensors and leaves the model's mode and parameter gra
 """
 
 from lipreg.functional.attacks import fgsm, gaussian_noise, pgd
-from lipreg.functional.bounds import lipschitz_lower_bound, lipschitz_upper_bound
+from lipreg.functional.bounds import certified, lipschitz_lower_bound, lipschitz_upper_bound, logit_margin
 from lipreg.functional.pairs import (
     ascend_pairs,
     box_pairs,
@@ -25,6 +25,7 @@ from lipreg.functional.schedules import decay_epsilon, discrepancy_step, warmup_
 __all__ = [
     "ascend_pairs",
     "box_pairs",
+    "certified",
     "decay_epsilon",
     "difference_quotients",
     "discrepancy_step",
@@ -33,6 +34,7 @@ __all__ = [
     "jacobian_spectral_norm",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
+    "logit_margin",
     "max_quotient",
     "mean_quotient",
     "noisy_pairs",

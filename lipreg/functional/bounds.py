@@ -128,3 +128,20 @@ def _flatten_sequential(layers: nn.Module) -> list[nn.Module]:
     if isinstance(layers, nn.Sequential):
         return [leaf for child in layers for leaf in _flatten_sequential(child)]
     return [layers]
+
+
+def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
+    """``f_y(x) − max_{j≠y} f_j(x)`` per sample: positive exactly when the sample is classified correctly."""
+    true = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    others = logits.scatter(1, target.unsqueeze(1), float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def certified(logits: Tensor, target: Tensor, lipschitz_constant: float, radius: float) -> Tensor:
+    """Whether each prediction provably survives every L2 perturbation of norm ≤ ``radius``.
+
+    With ``L`` an upper bound of the network's L2 Lipschitz constant, each logit difference
+    ``f_y − f_j`` is ``√2·L``-Lipschitz, so a margin above ``√2·L·ε`` cannot be closed within the
+    ε-ball (Tsuzuku et al., 2018). Returns a ``[B]`` boolean tensor.
+    """
+    return logit_margin(logits, target) > (2.0**0.5) * lipschitz_constant * radius

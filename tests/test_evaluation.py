@@ -1,0 +1,174 @@
+"""Robustness evaluation: bounds with known constants, certificates, `lipreg test` files, PGD checkpointing."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lipreg.callbacks import PGDValidation, RobustnessEvaluation
+from lipreg.cli import run
+from lipreg.errors import LipregError
+from lipreg.functional import certified, lipschitz_lower_bound, lipschitz_upper_bound, logit_margin, pgd
+from lipreg.functional.bounds import layer_operator_norm
+from lipreg.functional.pairs import noisy_pairs
+from lipreg.methods import Standard
+from lipreg.nets import MLP, MadryCNN
+
+from .functional.test_quotients_pairs import abs_network, linear_map
+from .helpers import BlobsDataModule, quiet_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bounds_enclose_a_linear_maps_constant():
+    f, sigma = linear_map(seed=4)
+    u, v = noisy_pairs(torch.randn(32, 8), 0.5)
+    lower = lipschitz_lower_bound(f, u, v, steps=100, step_size=0.1).item()
+    upper = lipschitz_upper_bound(nn.Sequential(f), (8,))
+    assert lower <= sigma * (1 + 1e-5) and upper == pytest.approx(sigma, rel=1e-5)
+    assert lower == pytest.approx(sigma, rel=0.01)
+
+
+def test_bounds_enclose_the_abs_network():
+    """Layer product 2 (√2·√2), true constant 1 (CLIP paper, eq. (1))."""
+    f = abs_network()
+    u, v = noisy_pairs(torch.rand(16, 1) * 4 - 2, 0.3)
+    lower = lipschitz_lower_bound(f, u, v, steps=100, step_size=0.05).item()
+    upper = lipschitz_upper_bound(f, (1,))
+    assert lower == pytest.approx(1.0, rel=0.01) and lower <= 1.0 + 1e-6
+    assert upper == pytest.approx(2.0, rel=1e-5)
+
+
+def test_conv_operator_norm_matches_the_dense_matrix():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel_size=3, padding=1, stride=2)
+    shape = (2, 6, 6)
+    basis = torch.eye(72).reshape(72, *shape)
+    with torch.no_grad():
+        matrix = (conv(basis) - conv(torch.zeros(1, *shape))).reshape(72, -1).T
+    exact = torch.linalg.matrix_norm(matrix, ord=2).item()
+    assert layer_operator_norm(conv, shape, iterations=300) == pytest.approx(exact, rel=1e-3)
+
+
+def test_upper_bound_of_the_paper_networks_multiplies_layer_norms():
+    net = MLP([784, 64, 10], activation="sigmoid", mean=0.5, std=0.25)
+    linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    expected = 4.0 * 0.25 * torch.prod(torch.tensor([torch.linalg.matrix_norm(m.weight, 2).item() for m in linear]))
+    assert lipschitz_upper_bound(net.layers, (1, 28, 28)) == pytest.approx(expected.item(), rel=1e-4)
+    assert lipschitz_upper_bound(MadryCNN().layers, (1, 28, 28), iterations=20) > 0
+
+
+def test_upper_bound_refuses_unknown_layers():
+    with pytest.raises(ValueError, match="GELU"):
+        lipschitz_upper_bound(nn.Sequential(nn.Linear(2, 2), nn.GELU()), (2,))
+
+
+def test_margin_and_certificate():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.5]])
+    target = torch.tensor([0, 1])
+    assert torch.allclose(logit_margin(logits, target), torch.tensor([2.0, -0.5]))
+    # margin 2 > √2·L·ε needs ε < 2/(√2·L)
+    assert certified(logits, target, 1.0, 1.4).tolist() == [True, False]
+    assert certified(logits, target, 1.0, 1.5).tolist() == [False, False]
+
+
+def test_certified_points_are_never_broken_by_pgd():
+    torch.manual_seed(0)
+    net = MLP([2, 32, 3], activation="relu")
+    data = BlobsDataModule()
+    module = Standard(net, optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    quiet_trainer(max_epochs=5).fit(module, data)
+    x, y = data.splits.test
+    upper = lipschitz_upper_bound(net.layers, (2,))
+    radius = 0.05
+    with torch.no_grad():
+        safe = certified(net(x), y, upper, radius)
+    assert safe.any()
+    adversarial = pgd(net, x, y, radius, radius / 5, 50, norm="l2", box=None, random_start=True, restarts=3,
+                      generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        still_right = net(adversarial).argmax(dim=1) == y
+    assert still_right[safe].all()
+
+
+def tiny_evaluation(**overrides) -> RobustnessEvaluation:
+    settings = dict(noise_sigmas=[0.1, 0.3], fgsm_epsilons=[0.05, 0.2], pgd_epsilons=[0.05, 0.2], pgd_steps=10,
+                    pgd_step_size=0.02, certified_radii=[0.01, 0.05], lipschitz_pairs=50, lipschitz_steps=10)
+    settings.update(overrides)
+    return RobustnessEvaluation(**settings)
+
+
+def test_evaluation_results_are_consistent_and_written(tmp_path: Path):
+    torch.manual_seed(0)
+    module = Standard(MLP([2, 32, 3], activation="relu"), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    evaluation = tiny_evaluation(output_dir=str(tmp_path / "out"))
+    trainer = quiet_trainer(max_epochs=5, callbacks=[evaluation])
+    data = BlobsDataModule()
+    trainer.fit(module, data)
+    trainer.test(module, data)
+    result = evaluation.result
+    clean = result["clean_subset"]
+    for curve, points in result["curves"].items():
+        values = [v for _, v in points]
+        assert all(v <= clean + 1e-6 for v in values), curve
+        if curve != "noise":  # noise is random; attacks are monotone in ε here
+            assert values == sorted(values, reverse=True), curve
+    assert result["lipschitz"]["lower"] <= result["lipschitz"]["upper"]
+    certified_values = [v for _, v in result["certified"]]
+    assert certified_values == sorted(certified_values, reverse=True) and certified_values[0] <= clean
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"robustness.json", "robustness.csv", "robustness.png"}
+    assert json.loads((tmp_path / "out" / "robustness.json").read_text())["method"] == "Standard"
+    assert trainer.callback_metrics["test/pgd_acc@0.2"] == pytest.approx(result["curves"]["pgd"][1][1])
+
+
+def test_sample_size_limits_the_attacked_subset():
+    module = Standard(MLP([2, 8, 3]))
+    evaluation = tiny_evaluation(sample_size=50)
+    quiet_trainer(callbacks=[evaluation]).test(module, BlobsDataModule())
+    assert evaluation.result["attack_samples"] == 50 and evaluation.result["samples"] == 120
+
+
+def test_attacks_under_inference_mode_say_what_to_set():
+    module = Standard(MLP([2, 8, 3]))
+    with pytest.raises(LipregError, match="inference_mode false"):
+        quiet_trainer(inference_mode=True, callbacks=[tiny_evaluation()]).test(module, BlobsDataModule())
+    with pytest.raises(LipregError, match="inference_mode false"):
+        # (validation inside `fit` always runs under no_grad; a standalone `validate` uses inference mode)
+        quiet_trainer(inference_mode=True, callbacks=[PGDValidation(epsilon=0.1)]).validate(module, BlobsDataModule())
+
+
+def test_pgd_validation_drives_checkpoint_selection(tmp_path: Path):
+    torch.manual_seed(0)
+    module = Standard(MLP([2, 16, 3]), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="val/pgd_acc", mode="max")
+    trainer = quiet_trainer(max_epochs=3, enable_checkpointing=True,
+                            callbacks=[PGDValidation(epsilon=0.1, step_size=0.03, steps=5, sample_size=60), checkpoint])
+    trainer.fit(module, BlobsDataModule())
+    assert 0 <= trainer.callback_metrics["val/pgd_acc"] <= trainer.callback_metrics["val/acc"]
+    assert checkpoint.best_model_score is not None and Path(checkpoint.best_model_path).is_file()
+
+
+def test_lipreg_test_and_compare_write_their_files(tmp_path: Path, capsys: pytest.CaptureFixture):
+    config = str(REPO / "configs" / "regression_clip.yaml")
+    run(["fit", "--config", config, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1",
+         "--model.init_args.net.init_args.widths", "[1, 16, 1]"])
+    (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    small = ["--evaluation.pgd_steps", "5", "--evaluation.lipschitz_pairs", "20", "--evaluation.lipschitz_steps", "5"]
+    cli = run(["test", "--config", config, "--ckpt_path", str(checkpoint),
+               "--model.init_args.net.init_args.widths", "[1, 16, 1]", *small])
+    written = {p.name for p in (tmp_path / "lightning_logs" / "version_1").iterdir()}
+    assert {"robustness.json", "robustness.csv", "robustness.png"} <= written
+    assert "test/pgd_mse@2" in cli.trainer.callback_metrics
+    assert "Lipschitz lower bound" in capsys.readouterr().out
+    run(["compare", str(tmp_path / "lightning_logs"), "--output", str(tmp_path / "cmp")])
+    assert "clean mse" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "comparison.csv").is_file() and (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_compare_without_results_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(SystemExit) as info:
+        run(["compare", str(tmp_path)])
+    assert info.value.code == 2
