@@ -109,6 +109,28 @@ def fgsm(
     return _clamp(adversarial, box).detach()
 
 
+def _pgd_step_(
+    adversarial: Tensor, grad: Tensor, x: Tensor, epsilon: float, step_size: float, norm: Norm, step_kind: str,
+    box: Box | None,
+) -> Tensor:
+    """One PGD step, in place on ``adversarial`` and ``grad`` (both owned by the loop): ascend, project, clamp.
+
+    The same maths as ``project_onto_ball(adversarial + α·s(grad), x, ε)`` then a clamp, without
+    allocating a new image batch per elementwise operation (PGD runs for hundreds of steps).
+    """
+    if step_kind == "sign" or norm == "linf":
+        adversarial.add_(grad.sign_(), alpha=step_size)
+    else:  # x + α·g/‖g‖ in one pass
+        adversarial.addcmul_(grad, _broadcast(step_size / sample_norm(grad).clamp_min_(MIN_DISTANCE), grad))
+    delta = adversarial.sub_(x)
+    if norm == "linf":
+        delta.clamp_(-epsilon, epsilon)
+    else:
+        delta.mul_(_broadcast(torch.clamp(epsilon / sample_norm(delta).clamp_min_(MIN_DISTANCE), max=1.0), delta))
+    adversarial = delta.add_(x)
+    return adversarial if box is None else adversarial.clamp_(box[0], box[1])
+
+
 def pgd(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -137,15 +159,14 @@ def pgd(
     _check(epsilon, norm)
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
-    p = 2.0 if norm == "l2" else float("inf")
-    best, best_loss = x.detach(), None
+    x = x.detach()
+    best, best_loss = x, None
     for restart in range(restarts):
         start_random = random_start or restart > 0
-        adversarial = _clamp(_random_start(x, epsilon, norm, generator), box) if start_random else x.detach()
+        adversarial = _clamp(_random_start(x, epsilon, norm, generator), box) if start_random else x.clone()
         for _ in range(steps):
             _, grad = _loss_gradient(model, adversarial, y, loss_fn)
-            direction = grad.sign() if step_kind == "sign" else _steepest_step(grad, norm)
-            adversarial = _clamp(project_onto_ball(adversarial + step_size * direction, x, epsilon, p), box)
+            adversarial = _pgd_step_(adversarial, grad, x, epsilon, step_size, norm, step_kind, box)
         if restarts == 1:
             return adversarial.detach()
         with torch.no_grad():
