@@ -110,3 +110,14 @@ def test_network_with_the_wrong_output_size_is_a_one_line_error():
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lipreg: error:") and "outputs 3" in last and "Traceback" not in result.stderr
+
+
+def test_the_ddp_trainer_config_composes_with_an_experiment(capsys: pytest.CaptureFixture):
+    configs = Path(__file__).parents[1] / "configs"
+    with pytest.raises(SystemExit) as info:
+        run(["fit", "--config", str(configs / "mnist_clip.yaml"), "--config", str(configs / "trainer" / "ddp.yaml"),
+             "--trainer.devices", "4", "--print_config"])
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["strategy"] == "ddp" and str(printed["trainer"]["devices"]) == "4"
+    assert printed["model"]["class_path"] == "lipreg.methods.CLIP"

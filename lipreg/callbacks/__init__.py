@@ -1,7 +1,16 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
+from lipreg.callbacks.agreement import ProcessAgreement
 from lipreg.callbacks.regression_plot import RegressionPlot
 from lipreg.callbacks.robustness import PGDValidation, RobustnessEvaluation
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
-__all__ = ["EpsilonDecay", "LambdaDiscrepancy", "PGDValidation", "RegressionPlot", "RobustnessEvaluation", "Warmup"]
+__all__ = [
+    "EpsilonDecay",
+    "LambdaDiscrepancy",
+    "PGDValidation",
+    "ProcessAgreement",
+    "RegressionPlot",
+    "RobustnessEvaluation",
+    "Warmup",
+]

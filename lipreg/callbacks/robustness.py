@@ -34,6 +34,17 @@ def _scores(module: LipRegModule, outputs: Tensor, y: Tensor) -> Tensor:
     return per_sample_squared_error(outputs, y)
 
 
+def _share_of(sample_size: int | None, trainer: L.Trainer) -> int | None:
+    """How many of the first ``sample_size`` samples this process sees when data are dealt round-robin.
+
+    lipreg's data modules shard evaluation data as ``rank, rank + world, …``, so the processes
+    together evaluate exactly the first ``sample_size`` samples, as a single process would.
+    """
+    if sample_size is None:
+        return None
+    return len(range(trainer.global_rank, sample_size, trainer.world_size))
+
+
 def _mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")
 
@@ -137,7 +148,7 @@ class RobustnessEvaluation(L.Callback):
         self.test_samples = SumMetric(nan_strategy="disable").to(device)
         self.certified_metrics = {r: _mean().to(device) for r in self.certified_radii}
         self.seen = 0
-        self.per_rank_limit = None if self.sample_size is None else -(-self.sample_size // trainer.world_size)
+        self.per_rank_limit = _share_of(self.sample_size, trainer)
         self.generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_rank)
         datamodule = trainer.datamodule
         layers = getattr(pl_module.net, "layers", None)
@@ -226,7 +237,7 @@ class RobustnessEvaluation(L.Callback):
             logged[f"test/certified_acc@{radius:g}"] = value
         if result["train"] is not None:
             logged[f"test/train_{short}"] = result["train"]
-        module.log_dict(logged, sync_dist=False)
+        module.log_dict(logged, sync_dist=True)
         self.result = result
         if trainer.is_global_zero:
             self._publish(trainer, result)
@@ -278,7 +289,7 @@ class PGDValidation(L.Callback):
         _require_gradients(self, "validation")
         self.metric = _mean().to(pl_module.device)
         self.seen = 0
-        self.per_rank_limit = None if self.sample_size is None else -(-self.sample_size // trainer.world_size)
+        self.per_rank_limit = _share_of(self.sample_size, trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -300,4 +311,4 @@ class PGDValidation(L.Callback):
         if self.metric.update_count == 0:
             return
         name = "val/pgd_acc" if pl_module.task == "classification" else "val/pgd_mse"
-        pl_module.log(name, self.metric.compute(), sync_dist=False)
+        pl_module.log(name, self.metric.compute(), sync_dist=True)

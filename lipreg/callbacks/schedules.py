@@ -59,7 +59,7 @@ class Warmup(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         module = _lipreg_module(pl_module, self)
-        pl_module.log("train/warmup", float(not self.finished))
+        pl_module.log("train/warmup", float(not self.finished), sync_dist=True)
         if self.finished:
             return
         self.epochs_done += 1

@@ -55,8 +55,6 @@ class LipRegModule(L.LightningModule):
 
     #: The name λ is logged under (weight decay calls it μ).
     coefficient_name = "lambda"
-    #: Buffers whose shape is only known once training starts (e.g. a pair set); resized on load.
-    lazy_buffers: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -110,6 +108,11 @@ class LipRegModule(L.LightningModule):
         return output, self.loss(output, y)
 
     @property
+    def distributed(self) -> bool:
+        """Whether this module trains in several processes (DDP)."""
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    @property
     def is_regularised(self) -> bool:
         """Whether this method has a penalty (it overrides :meth:`penalty`)."""
         return type(self).penalty is not LipRegModule.penalty
@@ -153,7 +156,8 @@ class LipRegModule(L.LightningModule):
                 values[f"{stage}/{label}"] = metric.compute()
             metric.reset()
         if values:
-            self.log_dict(values, sync_dist=False)
+            # already reduced over processes by torchmetrics; sync_dist only averages equal numbers
+            self.log_dict(values, sync_dist=True)
 
     # ----------------------------------------------------------------- Lightning steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -173,9 +177,9 @@ class LipRegModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_and_reset("train")
         if self.is_regularised:
-            self.log(f"train/{self.coefficient_name}", self.lam)
+            self.log(f"train/{self.coefficient_name}", self.lam, sync_dist=True)
             if hasattr(self, "epsilon"):
-                self.log("train/epsilon", self.epsilon)
+                self.log("train/epsilon", self.epsilon, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._evaluate("val", batch)
@@ -259,6 +263,3 @@ class LipRegModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.regularise = checkpoint.get("lipreg", {}).get("regularise", True)
-        for name in self.lazy_buffers:
-            if name in checkpoint["state_dict"]:
-                setattr(self, name, torch.empty_like(checkpoint["state_dict"][name], device=self.device))

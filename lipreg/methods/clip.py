@@ -1,6 +1,6 @@
 """CLIP: Cheap Lipschitz training (Bungert et al., CLIP paper, Algorithms 1 and 2)."""
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -33,8 +33,6 @@ class CLIP(LipRegModule):
     epoch). ``squared=True`` penalises ``max L²``, the CLIP reference code's variant.
     ``p`` is the norm on inputs and outputs (the paper uses Euclidean norms).
     """
-
-    lazy_buffers = ("pair_u", "pair_v", "pair_step")
 
     def __init__(
         self,
@@ -77,13 +75,26 @@ class CLIP(LipRegModule):
         self.reinit_every_n_steps = reinit_every_n_steps
         self.squared = squared
         self.p = p
-        self.register_buffer("pair_u", torch.empty(0))
-        self.register_buffer("pair_v", torch.empty(0))
-        self.register_buffer("pair_step", torch.empty(0))
+        # The persistent pair set of this process: plain tensors, not buffers, because DDP would
+        # overwrite every process's share with rank 0's; checkpoints gather all shares.
+        self.pair_u: Tensor | None = None
+        self.pair_v: Tensor | None = None
+        self.pair_step: Tensor | None = None
 
     def reduce(self, quotients: Tensor) -> Tensor:
-        """How the pair quotients become one number: their maximum (eq. (5))."""
-        return max_quotient(quotients, self.squared)
+        """How the pair quotients become one number: their maximum over all processes (eq. (5)).
+
+        Under DDP each process holds a share of the pair set. The penalty's value is the maximum
+        over all shares, and only the process that holds it contributes a gradient, scaled by the
+        number of processes so that DDP's gradient averaging yields ``∇ max`` — the meaning of a
+        single-process run.
+        """
+        local = max_quotient(quotients, self.squared)
+        if not self.distributed:
+            return local
+        maxima = self.all_gather(local.detach())  # [world]
+        owner = (maxima.argmax() == self.global_rank).to(local.dtype)
+        return maxima.max() + (local - local.detach()) * owner * self.trainer.world_size
 
     def initial_pairs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """A fresh pair set for the batch ``x`` according to ``pair_init``."""
@@ -102,20 +113,22 @@ class CLIP(LipRegModule):
                 "pair_init 'heldout' needs held-out Lipschitz images: set --data.init_args.lipschitz_size "
                 "(the paper uses 6000), or use pair_init 'batch' or 'box'"
             )
-        share = held_out[self.global_rank :: self.trainer.world_size]  # each process owns its share
-        share = share[: self.num_pairs] if self.num_pairs else share
+        held_out = held_out[: self.num_pairs] if self.num_pairs else held_out
+        world = self.trainer.world_size
+        per_process = len(held_out) // world  # equal shares (DDP gathers them for checkpoints)
+        share = held_out[self.global_rank : per_process * world : world]
         return noisy_pairs(share.to(x.device), self.noise_scale, self.noise, self.input_box, generator)
 
     def _pairs_for_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
         fresh = (
             self.pair_init == "batch"
-            or self.pair_u.numel() == 0
+            or self.pair_u is None
             or (self.reinit_every_n_steps is not None and self.global_step % self.reinit_every_n_steps == 0)
         )
         if fresh:
             u, v = self.initial_pairs(x)
             return u, v, self.step_size
-        return self.pair_u, self.pair_v, self.pair_step
+        return self.pair_u.to(x.device), self.pair_v.to(x.device), self.pair_step.to(x.device)
 
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
         u, v, step = self._pairs_for_step(x)
@@ -125,4 +138,33 @@ class CLIP(LipRegModule):
         if self.pair_init != "batch":
             self.pair_u, self.pair_v, self.pair_step = moved.u, moved.v, moved.step_size
         quotients = difference_quotients(self.net, moved.u, moved.v, self.p)  # [P]
-        return Penalty(self.reduce(quotients), quotients.detach().max())
+        lip = quotients.detach().max()
+        if self.distributed:
+            lip = self.all_gather(lip).max()  # the largest quotient over every process's share
+        return Penalty(self.reduce(quotients), lip)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.pair_u is None:
+            return
+        shares = [self.pair_u, self.pair_v, self.pair_step]
+        if self.distributed:
+            shares = [self.all_gather(share) for share in shares]  # [world, P, ...]
+        else:
+            shares = [share.unsqueeze(0) for share in shares]
+        checkpoint["lipreg"]["pair_set"] = dict(zip(("u", "v", "step"), (s.cpu() for s in shares), strict=True))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("lipreg", {}).get("pair_set")
+        if saved is None:
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+
+        def own_share(stacked: Tensor) -> Tensor:
+            if stacked.shape[0] == world:  # same number of processes: each takes its own share back
+                return stacked[rank]
+            return stacked.flatten(0, 1)[rank::world]  # otherwise the whole set, re-dealt
+
+        self.pair_u, self.pair_v, self.pair_step = (own_share(saved[k]) for k in ("u", "v", "step"))
