@@ -52,6 +52,7 @@ def lipreg_epoch(data_dir: str, epochs: int, root: str) -> float:
             "--model.init_args.net.init_args.activation", "relu",
             "--trainer.max_epochs", str(epochs + 1),
             "--trainer.limit_val_batches", "0",
+            "--trainer.callbacks=[]",
             "--trainer.enable_checkpointing", "false",
             "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", root,

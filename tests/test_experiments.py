@@ -1,0 +1,39 @@
+"""Every experiment's entry point on a tiny budget, so none of them rots (the real runs: docs/RESULTS.md)."""
+
+import json
+from pathlib import Path
+
+from experiments import flip_comparison, regression_figure2, table1
+
+
+def test_regression_figure2_writes_its_figure_and_table(tmp_path: Path):
+    table = regression_figure2.main(["--out", str(tmp_path), "--epochs", "2"])
+    assert list(table) == ["0", "10", "1", "1e-10"]
+    assert all(v["lipschitz"] >= 0 and v["train_mse"] >= 0 for v in table.values())
+    assert {"figure2.png", "figure2.md", "figure2.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_table1_rows_run_and_sit_beside_the_papers_numbers(tmp_path: Path, data_dir: Path):
+    args = ["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1", "--limit-batches", "3",
+            "--lipschitz-size", "200", "--rows", "Standard", "Weight Reg.90", "CLIP90"]
+    results = table1.main(args)
+    assert list(results) == ["Standard", "Weight Reg.90", "CLIP90"]
+    for row in results.values():
+        assert all(0 <= row[k] <= 100 for k in ("test", "noise", "pgd", "pgd_sign"))
+    text = (tmp_path / "table1.md").read_text()
+    assert "CLIP90" in text and "(36.2)" in text
+    assert json.loads((tmp_path / "table1.json").read_text())["CLIP90"]["checkpoint"].endswith(".ckpt")
+
+
+def test_table1_runs_on_fashion_mnist(tmp_path: Path, data_dir: Path):
+    args = ["--dataset", "fmnist", "--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1",
+            "--limit-batches", "2", "--rows", "Standard"]
+    assert list(table1.main(args)) == ["Standard"]
+
+
+def test_flip_comparison_writes_curves_and_times(tmp_path: Path, data_dir: Path):
+    args = ["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1", "--limit-batches", "3",
+            "--sample-size", "40"]
+    results = flip_comparison.main(args)
+    assert list(results) == ["STA", "SUM FLIP", "TV", "pTV", "ADV FGSM"]
+    assert {"comparison.png", "comparison.csv", "times.md", "flip.json"} <= {p.name for p in tmp_path.iterdir()}
