@@ -31,6 +31,14 @@ def test_model_help_lists_the_methods():
     assert "--model.net" in result.stdout
 
 
+def test_data_help_lists_the_data_module_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "lipreg", "fit", "--data.help", "MNISTDataModule"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--data.data_dir" in result.stdout and "--data.lipschitz_size" in result.stdout
+
+
 def test_every_config_is_shipped_with_a_header_comment():
     assert CONFIGS, "no configs found"
     for config in CONFIGS:
@@ -69,6 +77,9 @@ def test_fit_writes_logs_config_and_a_checkpoint_that_loads_back(tmp_path: Path)
         assert torch.equal(value, saved[name]), name
     x = torch.linspace(-4, 4, 9).unsqueeze(1)
     assert model(x).shape == (9, 1)
+    predicted = run(["predict", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    predictions = torch.cat(predicted.trainer.predict_loop.predictions)
+    assert predictions.shape == (801, 1)  # the test grid of the regression problem
 
 
 def test_test_subcommand_reports_accuracy(tmp_path: Path, data_dir: Path):

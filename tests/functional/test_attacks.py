@@ -128,3 +128,13 @@ def test_bad_attack_arguments_are_refused(classifier_and_batch):
         pgd(net, x, y, -1.0, 0.1, 3)
     with pytest.raises(ValueError, match="norm"):
         fgsm(net, x, y, 0.1, norm="l1")
+
+
+def test_pgd_restarts_keep_the_worst_case_of_each_sample(classifier_and_batch):
+    net, x, y = classifier_and_batch
+    settings = dict(epsilon=1.0, step_size=0.05, steps=3, norm="l2")
+    single = pgd(net, x, y, **settings)
+    several = pgd(net, x, y, **settings, restarts=4, generator=torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert (loss(net(several), y, reduction="none") >= loss(net(single), y, reduction="none") - 1e-6).all()
