@@ -2,14 +2,12 @@
 
 from typing import Any, Literal
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lipreg.errors import LipregError
 from lipreg.functional import ascend_pairs, box_pairs, difference_quotients, max_quotient, noisy_pairs
 from lipreg.functional.pairs import NoiseKind
-from lipreg.methods.base import LipRegModule, Penalty, Task
+from lipreg.methods.base import LipRegModule, Penalty
 
 PairInit = Literal["heldout", "batch", "box"]
 
@@ -37,11 +35,6 @@ class CLIP(LipRegModule):
     def __init__(
         self,
         net: nn.Module,
-        task: Task = "classification",
-        lam: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        seed: int = 0,
         pair_init: PairInit = "heldout",
         num_pairs: int | None = None,
         noise: NoiseKind = "gaussian",
@@ -52,8 +45,10 @@ class CLIP(LipRegModule):
         reinit_every_n_steps: int | None = None,
         squared: bool = False,
         p: float = 2.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, task, lam, optimizer, lr_scheduler, seed)
+        """``kwargs``: the options every method has (``task``, ``lam``, ``optimizer``, …; see LipRegModule)."""
+        super().__init__(net, **kwargs)
         if pair_init not in ("heldout", "batch", "box"):
             raise LipregError(f"pair_init must be 'heldout', 'batch' or 'box', got {pair_init!r}")
         if pair_init == "box" and not num_pairs:

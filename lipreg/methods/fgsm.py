@@ -1,13 +1,14 @@
 """Adversarial training on FGSM examples (Goodfellow et al., 2015; Wong et al., 2020 with random start)."""
 
+from typing import Any
+
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lipreg.errors import LipregError
 from lipreg.functional import fgsm
 from lipreg.functional.attacks import Norm, per_sample_cross_entropy, per_sample_squared_error
-from lipreg.methods.base import LipRegModule, Task
+from lipreg.methods.base import LipRegModule
 
 
 class FGSMTraining(LipRegModule):
@@ -22,16 +23,15 @@ class FGSMTraining(LipRegModule):
     def __init__(
         self,
         net: nn.Module,
-        task: Task = "classification",
         epsilon: float = 0.1,
         norm: Norm = "linf",
         random_start: bool = False,
         adversarial_weight: float = 1.0,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, task, 0.0, optimizer, lr_scheduler, seed)
+        """``kwargs``: the options every method has but λ (``task``, ``optimizer``, …; see LipRegModule)."""
+        super().__init__(net, lam=0.0, **kwargs)
+        self.hparams.pop("lam", None)  # FGSM training has no λ
         if epsilon <= 0 or not 0 <= adversarial_weight <= 1 or norm not in ("l2", "linf"):
             raise LipregError(
                 f"need epsilon > 0, 0 <= adversarial_weight <= 1 and norm 'l2' or 'linf'; got {epsilon}, "

@@ -1,12 +1,13 @@
 """pTV: Projected Finite Lipschitz Total Variation (FLIP slides, the algorithm of that name)."""
 
+from typing import Any
+
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lipreg.errors import LipregError
 from lipreg.functional import ascend_pairs, difference_quotients, mean_quotient, project_onto_sphere
-from lipreg.methods.base import LipRegModule, Penalty, Task
+from lipreg.methods.base import LipRegModule, Penalty
 
 
 class PTV(LipRegModule):
@@ -24,15 +25,12 @@ class PTV(LipRegModule):
     def __init__(
         self,
         net: nn.Module,
-        task: Task = "classification",
-        lam: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        seed: int = 0,
         epsilon: float = 0.5,
         step_size: float = 0.01,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, task, lam, optimizer, lr_scheduler, seed)
+        """``kwargs``: the options every method has (``task``, ``lam``, ``optimizer``, …; see LipRegModule)."""
+        super().__init__(net, **kwargs)
         if epsilon <= 0 or step_size <= 0:
             raise LipregError(f"need epsilon > 0 and step_size > 0; got {epsilon}, {step_size}")
         self.register_buffer("epsilon", torch.tensor(float(epsilon)))

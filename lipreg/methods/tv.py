@@ -1,7 +1,8 @@
 """TV: the mean local Lipschitz constant in a shrinking ε-ball (FLIP slides, "From Sum FLIP to TV")."""
 
+from typing import Any
+
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lipreg.errors import LipregError
@@ -13,7 +14,7 @@ from lipreg.functional import (
     project_onto_ball,
     random_direction_pairs,
 )
-from lipreg.methods.base import LipRegModule, Penalty, Task
+from lipreg.methods.base import LipRegModule, Penalty
 
 
 class TV(LipRegModule):
@@ -33,18 +34,15 @@ class TV(LipRegModule):
     def __init__(
         self,
         net: nn.Module,
-        task: Task = "classification",
-        lam: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        seed: int = 0,
         epsilon: float = 0.5,
         ascent_steps: int = 1,
         step_size: float = 0.01,
         exact: bool = False,
         power_iterations: int = 3,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, task, lam, optimizer, lr_scheduler, seed)
+        """``kwargs``: the options every method has (``task``, ``lam``, ``optimizer``, …; see LipRegModule)."""
+        super().__init__(net, **kwargs)
         if epsilon <= 0 or step_size <= 0 or ascent_steps < 0 or power_iterations < 1:
             raise LipregError(
                 f"need epsilon > 0, step_size > 0, ascent_steps >= 0, power_iterations >= 1; got {epsilon}, "

@@ -1,11 +1,11 @@
 """Weight regularisation: the CLIP paper's baseline, eq. (6) with λ = 0."""
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from typing import Any
+
 from torch import Tensor, nn
 
 from lipreg.functional import squared_parameter_norm
-from lipreg.methods.base import LipRegModule, Penalty, Task
+from lipreg.methods.base import LipRegModule, Penalty
 
 
 class WeightDecay(LipRegModule):
@@ -22,13 +22,12 @@ class WeightDecay(LipRegModule):
     def __init__(
         self,
         net: nn.Module,
-        task: Task = "classification",
         mu: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, task, mu, optimizer, lr_scheduler, seed)
+        """``kwargs``: the options every method has but λ (``task``, ``optimizer``, …; see LipRegModule)."""
+        super().__init__(net, lam=mu, **kwargs)
+        self.hparams.pop("lam", None)  # μ is the saved name
 
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
         return Penalty(squared_parameter_norm(self.net.parameters()))

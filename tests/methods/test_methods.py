@@ -158,11 +158,16 @@ def test_a_network_with_the_wrong_output_size_is_refused_with_a_clear_message():
         quiet_trainer(max_epochs=1).fit(module, BlobsDataModule())
 
 
-def test_load_from_checkpoint_on_the_base_class_returns_the_trained_method(tmp_path):
-    module = METHODS["PTV"]()
+@pytest.mark.parametrize("name", ["PTV", "WeightDecay", "Standard", "FGSMTraining"])
+def test_load_from_checkpoint_on_the_base_class_returns_the_trained_method(tmp_path, name):
+    module = METHODS[name]()
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path)
     trainer.fit(module, BlobsDataModule())
-    path = tmp_path / "ptv.ckpt"
+    path = tmp_path / "method.ckpt"
     trainer.save_checkpoint(path)
-    loaded = LipRegModule.load_from_checkpoint(path, net=small_net())
-    assert type(loaded) is PTV and loaded.epsilon.item() == pytest.approx(0.1)
+    loaded = LipRegModule.load_from_checkpoint(path, net=small_net())  # a net built in Python is passed again
+    assert type(loaded) is type(module)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    if name == "PTV":
+        assert loaded.epsilon.item() == pytest.approx(0.1)
