@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--out", type=Path, default=Path("results/flip"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sample-size", type=int, default=2000, help="test images attacked")
+    parser.add_argument("--lipschitz-size", type=int, default=6000, help="held-out pair set of SumFLIP")
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (smoke runs)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         overrides = ["--data.init_args.data_dir", args.data_dir, "--trainer.max_epochs", str(args.epochs),
                      "--evaluation.sample_size", str(args.sample_size), *EVALUATION,
                      "--evaluation.output_dir", str(args.out / "runs" / name.replace(" ", "_"))]
+        if method == "sumflip":
+            overrides += ["--data.init_args.lipschitz_size", str(args.lipschitz_size)]
         if args.limit_batches:  # a smoke run: few batches everywhere
             overrides += ["--trainer.limit_train_batches", str(args.limit_batches),
                           "--trainer.limit_val_batches", str(args.limit_batches),
