@@ -7,13 +7,13 @@ import lightning as L
 import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import SumMetric
 
 from lipreg.errors import LipregError
 from lipreg.functional import certified, fgsm, gaussian_noise, lipschitz_lower_bound, lipschitz_upper_bound, pgd
 from lipreg.functional.attacks import Norm, per_sample_cross_entropy, per_sample_squared_error
 from lipreg.functional.pairs import noisy_pairs
-from lipreg.methods.base import LipRegModule
+from lipreg.methods.base import LipRegModule, epoch_mean
 from lipreg.report import format_table, robustness_figure, write_results
 
 INFERENCE_MODE_MESSAGE = (
@@ -34,19 +34,26 @@ def _scores(module: LipRegModule, outputs: Tensor, y: Tensor) -> Tensor:
     return per_sample_squared_error(outputs, y)
 
 
-def _share_of(sample_size: int | None, trainer: L.Trainer) -> int | None:
-    """How many of the first ``sample_size`` samples this process sees when data are dealt round-robin.
+class SampleBudget:
+    """Lets through the first ``sample_size`` samples of an evaluation epoch (all when ``None``).
 
-    lipreg's data modules shard evaluation data as ``rank, rank + world, …``, so the processes
-    together evaluate exactly the first ``sample_size`` samples, as a single process would.
+    lipreg's data modules shard evaluation data as ``rank, rank + world, …``; each process takes
+    its part of the first ``sample_size``, so together they evaluate exactly the samples a single
+    process would.
     """
-    if sample_size is None:
-        return None
-    return len(range(trainer.global_rank, sample_size, trainer.world_size))
 
+    def __init__(self, sample_size: int | None, trainer: L.Trainer) -> None:
+        self.remaining = (
+            None if sample_size is None else len(range(trainer.global_rank, sample_size, trainer.world_size))
+        )
 
-def _mean() -> MeanMetric:
-    return MeanMetric(nan_strategy="disable")
+    def take(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The part of the batch still within the budget (possibly empty)."""
+        if self.remaining is None:
+            return x, y
+        count = min(self.remaining, len(x))
+        self.remaining -= count
+        return x[:count], y[:count]
 
 
 class RobustnessEvaluation(L.Callback):
@@ -143,12 +150,11 @@ class RobustnessEvaluation(L.Callback):
             raise LipregError(f"RobustnessEvaluation works with lipreg methods, not {type(pl_module).__name__}")
         _require_gradients(self, "testing")
         device = pl_module.device
-        self.metrics = {(c, p): _mean().to(device) for c, values in self.curves().items() for p in values}
-        self.clean_subset = _mean().to(device)
+        self.metrics = {(c, p): epoch_mean().to(device) for c, values in self.curves().items() for p in values}
+        self.clean_subset = epoch_mean().to(device)
         self.test_samples = SumMetric(nan_strategy="disable").to(device)
-        self.certified_metrics = {r: _mean().to(device) for r in self.certified_radii}
-        self.seen = 0
-        self.per_rank_limit = _share_of(self.sample_size, trainer)
+        self.certified_metrics = {r: epoch_mean().to(device) for r in self.certified_radii}
+        self.budget = SampleBudget(self.sample_size, trainer)
         self.generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_rank)
         datamodule = trainer.datamodule
         layers = getattr(pl_module.net, "layers", None)
@@ -165,12 +171,9 @@ class RobustnessEvaluation(L.Callback):
                           batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         self.test_samples.update(torch.tensor(float(len(x)), device=x.device))
-        if self.per_rank_limit is not None:
-            take = max(self.per_rank_limit - self.seen, 0)
-            x, y = x[:take], y[:take]
+        x, y = self.budget.take(x, y)
         if len(x) == 0:
             return
-        self.seen += len(x)
         module: LipRegModule = pl_module
         with torch.no_grad():
             logits = module.net(x)
@@ -187,7 +190,7 @@ class RobustnessEvaluation(L.Callback):
         if not self.train_accuracy or splits is None:
             return None
         x, y = splits.train
-        metric = _mean().to(module.device)
+        metric = epoch_mean().to(module.device)
         with torch.no_grad():
             for start in range(trainer.global_rank * 1000, len(x), 1000 * trainer.world_size):
                 xb, yb = x[start : start + 1000].to(module.device), y[start : start + 1000].to(module.device)
@@ -287,19 +290,14 @@ class PGDValidation(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _require_gradients(self, "validation")
-        self.metric = _mean().to(pl_module.device)
-        self.seen = 0
-        self.per_rank_limit = _share_of(self.sample_size, trainer)
+        self.metric = epoch_mean().to(pl_module.device)
+        self.budget = SampleBudget(self.sample_size, trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        if self.per_rank_limit is not None:
-            take = max(self.per_rank_limit - self.seen, 0)
-            x, y = x[:take], y[:take]
+        x, y = self.budget.take(*batch)
         if len(x) == 0:
             return
-        self.seen += len(x)
         module: LipRegModule = pl_module
         loss = per_sample_cross_entropy if module.task == "classification" else per_sample_squared_error
         adversarial = pgd(module.net, x, y, self.epsilon, self.step_size, self.steps, self.norm,

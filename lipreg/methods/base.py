@@ -23,7 +23,7 @@ TASKS = ("classification", "regression")
 warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
 
 
-def _mean() -> MeanMetric:
+def epoch_mean() -> MeanMetric:
     """An epoch mean whose update never syncs with the host (no NaN check: a NaN shows in the log)."""
     return MeanMetric(nan_strategy="disable")
 
@@ -86,16 +86,16 @@ class LipRegModule(L.LightningModule):
         self.input_box: tuple[float, float] | None = None
         self.score_name = "acc" if task == "classification" else "mse"
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": (self._score_metric() if name == "score" else _mean())
+            {f"{stage}_{name}": (self._score_metric() if name == "score" else epoch_mean())
              for stage in ("train", "val", "test") for name in ("loss", "score")}
         )
         if self.is_regularised:
-            self.metrics["train_penalty"] = _mean()
-            self.metrics["train_lip"] = _mean()
+            self.metrics["train_penalty"] = epoch_mean()
+            self.metrics["train_lip"] = epoch_mean()
 
     def _score_metric(self) -> Metric:
         # accuracy is the mean of per-sample correctness (torchmetrics' micro accuracy)
-        return _mean() if self.task == "classification" else MeanSquaredError()
+        return epoch_mean() if self.task == "classification" else MeanSquaredError()
 
     # ----------------------------------------------------------------- hooks for subclasses
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
