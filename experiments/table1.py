@@ -56,6 +56,12 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
     overrides = ["--data.init_args.data_dir", args.data_dir, "--trainer.max_epochs", str(args.epochs), *EVALUATION]
     if method == "clip":
         overrides += ["--data.init_args.lipschitz_size", str(args.lipschitz_size)]
+    if args.train_batches:
+        overrides += ["--trainer.limit_train_batches", str(args.train_batches)]
+    if args.sample_size:
+        overrides += ["--evaluation.sample_size", str(args.sample_size)]
+    if args.bound_pairs:
+        overrides += ["--evaluation.lipschitz_pairs", str(args.bound_pairs)]
     if args.limit_batches:  # a smoke run: few batches everywhere, no pass over the training split
         overrides += ["--trainer.limit_train_batches", str(args.limit_batches),
                       "--trainer.limit_val_batches", str(args.limit_batches),
@@ -107,6 +113,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--lambda-step", type=float, default=0.05, help="dλ per epoch (dμ scaled alike)")
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (smoke runs)")
     parser.add_argument("--rows", nargs="*", default=None, help="only these rows, e.g. Standard CLIP90")
+    parser.add_argument("--train-batches", type=int, default=None, help="training batches per epoch (reduced budget)")
+    parser.add_argument("--sample-size", type=int, default=None, help="test images attacked (default: all 10,000)")
+    parser.add_argument("--bound-pairs", type=int, default=None, help="pairs for the Lipschitz lower bound")
     args = parser.parse_args(argv)
     out = args.out or Path(f"results/table1_{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
