@@ -11,12 +11,12 @@ method, i.e. the extra time is the extra arithmetic and not overhead.
 """
 
 import argparse
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lightning as L
 import torch
+from timing import EpochTimer
 from torch.utils.flop_counter import FlopCounterMode
 
 from lipreg.data import MNISTDataModule
@@ -48,17 +48,6 @@ METHODS: dict[str, Callable[[], LipRegModule]] = {
         net(), lam=0.01, pair_init="heldout", num_pairs=500, step_size=0.1, optimizer=sgd
     ),
 }
-
-
-class EpochTimer(L.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.times.append(time.perf_counter() - self.start)
 
 
 def step_flops(module: LipRegModule, batch: tuple[torch.Tensor, torch.Tensor]) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timing import EpochTimer
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -28,19 +29,6 @@ from lipreg.nets import MLP
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTHS = [784, 200, 80, 10]
-
-
-class EpochTimer(L.Callback):
-    """Records the wall time of every training epoch."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.times.append(time.perf_counter() - self.start)
 
 
 def lipreg_epoch(data_dir: str, epochs: int, root: str) -> float:
