@@ -76,20 +76,20 @@ class CLIP(LipRegModule):
         self.pair_v: Tensor | None = None
         self.pair_step: Tensor | None = None
 
-    def reduce(self, quotients: Tensor) -> Tensor:
+    def reduce(self, quotients: Tensor, maxima: Tensor | None = None) -> Tensor:
         """How the pair quotients become one number: their maximum over all processes (eq. (5)).
 
-        Under DDP each process holds a share of the pair set. The penalty's value is the maximum
-        over all shares, and only the process that holds it contributes a gradient, scaled by the
-        number of processes so that DDP's gradient averaging yields ``∇ max`` — the meaning of a
-        single-process run.
+        Under DDP each process holds a share of the pair set and ``maxima`` holds every process's
+        largest quotient (``[world]``). The penalty's value is the maximum over all shares, and
+        only the process that holds it contributes a gradient, scaled by the number of processes
+        so that DDP's gradient averaging yields ``∇ max`` — the meaning of a single-process run.
         """
         local = max_quotient(quotients, self.squared)
-        if not self.distributed:
+        if maxima is None:
             return local
-        maxima = self.all_gather(local.detach())  # [world]
+        top = max_quotient(maxima, self.squared)
         owner = (maxima.argmax() == self.global_rank).to(local.dtype)
-        return maxima.max() + (local - local.detach()) * owner * self.trainer.world_size
+        return top + (local - local.detach()) * owner * self.trainer.world_size
 
     def initial_pairs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """A fresh pair set for the batch ``x`` according to ``pair_init``."""
@@ -134,9 +134,8 @@ class CLIP(LipRegModule):
             self.pair_u, self.pair_v, self.pair_step = moved.u, moved.v, moved.step_size
         quotients = difference_quotients(self.net, moved.u, moved.v, self.p)  # [P]
         lip = quotients.detach().max()
-        if self.distributed:
-            lip = self.all_gather(lip).max()  # the largest quotient over every process's share
-        return Penalty(self.reduce(quotients), lip)
+        maxima = self.all_gather(lip) if self.distributed else None  # [world]: one collective a step
+        return Penalty(self.reduce(quotients, maxima), lip if maxima is None else maxima.max())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -13,5 +13,6 @@ class SumFLIP(CLIP):
     (same pair sets, ascent and options; ``squared=True`` averages ``L²``).
     """
 
-    def reduce(self, quotients: Tensor) -> Tensor:
+    def reduce(self, quotients: Tensor, maxima: Tensor | None = None) -> Tensor:
+        # a mean of equal shares needs no collective: DDP's gradient averaging gives the global mean
         return mean_quotient(quotients.square() if self.squared else quotients)
