@@ -93,6 +93,15 @@ class LipRegModule(L.LightningModule):
             self.metrics["train_penalty"] = epoch_mean()
             self.metrics["train_lip"] = epoch_mean()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` (a string) around every hook call, about 40 times
+        # a training step; nn.Module.__setattr__ would check it against the parameters, buffers
+        # and submodules each time, which costs ~6 % of a small network's epoch.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def _score_metric(self) -> Metric:
         # accuracy is the mean of per-sample correctness (torchmetrics' micro accuracy)
         return epoch_mean() if self.task == "classification" else MeanSquaredError()

@@ -1,0 +1,38 @@
+"""Every benchmark script on a tiny budget, so none of them rots (the measured figures: README)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_attack_benchmark_prints_the_pgd_ratio(data_dir: Path):
+    out = run_benchmark("attacks.py", "--data-dir", str(data_dir), "--steps", "2", "--repeats", "2", "--skip-test-run")
+    assert re.search(r"PGD-L2 \(lipreg\)\s+\d+\.\d+ s\s+\d+\.\d+\s+\(range \d+\.\d+–\d+\.\d+\)", out), out
+
+
+def test_regulariser_benchmark_prints_a_row_per_method(data_dir: Path):
+    out = run_benchmark("regularisers.py", "--data-dir", str(data_dir), "--limit-batches", "2")
+    table = out.split("ratios to Standard")[1]
+    for method in ("Standard", "CLIP", "SumFLIP", "TV", "pTV", "WeightDecay", "FGSMTraining"):
+        assert re.search(rf"^{method}\s+\d+\.\d+", table, re.MULTILINE), out
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_prints_every_path(data_dir: Path, tmp_path: Path):
+    out = run_benchmark("throughput.py", "--data-dir", str(data_dir), "--epochs", "1", "--repeats", "1",
+                        "--root", str(tmp_path))
+    for path in ("plain loop", "lipreg", "torchvision DataLoader", "bare Lightning (floor)"):
+        assert re.search(rf"{re.escape(path)}\s+\d+\.\d+\s+\d+\.\d+", out), out
