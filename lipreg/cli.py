@@ -1,18 +1,26 @@
 """The ``lipreg`` command: a LightningCLI over lipreg's methods and data modules."""
 
 import sys
+import warnings
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import lipreg.callbacks  # noqa: F401  (registers callback classes for short names in YAML)
 import lipreg.data  # noqa: F401  (registers data modules for --data NAME)
 import lipreg.methods  # noqa: F401  (registers methods for --model NAME)
 import lipreg.nets  # noqa: F401  (registers networks for class_path: NAME)
-from lipreg.callbacks import RobustnessEvaluation
+from lipreg.callbacks import PredictionWriter, RobustnessEvaluation
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
 from lipreg.report import compare
+
+# Two warnings of the installed Lightning that say nothing to a lipreg user: its pytree helper uses
+# an API that torch 2.14 deprecates, and lipreg logs training metrics once an epoch, so the advice
+# to lower `log_every_n_steps` when an epoch has fewer batches than that does not apply.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
 
 DESCRIPTION = (
     "Lipschitz-regularised training (CLIP, SumFLIP, TV, pTV, …) and robustness evaluation. "
@@ -44,6 +52,11 @@ class LipRegCLI(LightningCLI):
         parser.set_defaults({"trainer.inference_mode": False})
         # the attack suite of `lipreg test`, configured under `evaluation:` (a callback in every run)
         parser.add_lightning_class_args(RobustnessEvaluation, "evaluation")
+
+    def before_predict(self) -> None:
+        """``lipreg predict`` writes ``predictions.pt`` unless the config brings its own writer."""
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
 
 
 def run(args: ArgsType = None) -> LipRegCLI | None:

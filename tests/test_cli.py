@@ -80,6 +80,8 @@ def test_fit_writes_logs_config_and_a_checkpoint_that_loads_back(tmp_path: Path)
     predicted = run(["predict", "--config", str(config), "--ckpt_path", str(checkpoint)])
     predictions = torch.cat(predicted.trainer.predict_loop.predictions)
     assert predictions.shape == (801, 1)  # the test grid of the regression problem
+    written = torch.load(tmp_path / "lightning_logs" / "version_1" / "predictions.pt", weights_only=True)
+    assert set(written) == {"outputs"} and torch.equal(written["outputs"], predictions)
 
 
 def test_test_subcommand_reports_accuracy(tmp_path: Path, data_dir: Path):

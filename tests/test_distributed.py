@@ -1,6 +1,7 @@
 """Two processes on CPU (gloo): DDP training, agreement of λ/ε/weights, evaluation, resume, torchrun."""
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from lipreg.cli import run
+from lipreg.methods import LipRegModule
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
@@ -75,6 +77,28 @@ def test_two_process_clip_agrees_across_ranks_and_matches_single_process_evaluat
     # the same 500 validation images, sharded in DDP, whole in one process (one image may flip
     # through last-bit differences of batched arithmetic)
     assert single.trainer.callback_metrics["val/pgd_acc"].item() == pytest.approx(ddp_pgd, abs=1.5 / 500)
+
+    # `lipreg predict` in two processes writes one file with the whole test split, in order
+    predicted = lipreg("predict", *method_args("clip", data_dir, tmp_path / "predict"), *DDP,
+                       "--ckpt_path", str(checkpoint))
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    (written,) = (tmp_path / "predict").glob("lightning_logs/version_*/predictions.pt")
+    outputs = torch.load(written, weights_only=True)["outputs"]
+    model = LipRegModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    test_images = single.datamodule.splits.test[0]
+    with torch.no_grad():
+        assert torch.allclose(outputs, model(test_images), atol=1e-5)
+
+    # `lipreg test` in two processes: the report's clean accuracy is that of the whole test split
+    quick = ["--evaluation.sample_size", "200", "--evaluation.pgd_steps", "3", "--evaluation.lipschitz_pairs", "50",
+             "--evaluation.train_accuracy", "false"]
+    tested = lipreg("test", *method_args("clip", data_dir, tmp_path / "test"), *DDP, "--ckpt_path", str(checkpoint),
+                    *quick)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    (report,) = (tmp_path / "test").glob("lightning_logs/version_*/robustness.json")
+    labels = single.datamodule.splits.test[1]
+    accuracy = (torch.load(written, weights_only=True)["labels"] == labels).float().mean().item()
+    assert json.loads(report.read_text())["clean"] == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_agreement_check_catches_processes_that_drift_apart(tmp_path: Path, data_dir: Path):

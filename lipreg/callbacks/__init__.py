@@ -1,6 +1,7 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
 from lipreg.callbacks.agreement import ProcessAgreement
+from lipreg.callbacks.predictions import PredictionWriter
 from lipreg.callbacks.regression_plot import RegressionPlot
 from lipreg.callbacks.robustness import PGDValidation, RobustnessEvaluation
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
@@ -9,6 +10,7 @@ __all__ = [
     "EpsilonDecay",
     "LambdaDiscrepancy",
     "PGDValidation",
+    "PredictionWriter",
     "ProcessAgreement",
     "RegressionPlot",
     "RobustnessEvaluation",

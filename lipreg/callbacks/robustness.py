@@ -242,11 +242,11 @@ class RobustnessEvaluation(L.Callback):
             logged[f"test/train_{short}"] = result["train"]
         module.log_dict(logged, sync_dist=True)
         self.result = result
+        directory = Path(self.output_dir or trainer.log_dir or "robustness")  # log_dir: a collective under DDP
         if trainer.is_global_zero:
-            self._publish(trainer, result)
+            self._publish(trainer, result, directory)
 
-    def _publish(self, trainer: L.Trainer, result: dict[str, Any]) -> None:
-        directory = Path(self.output_dir or trainer.log_dir or "robustness")
+    def _publish(self, trainer: L.Trainer, result: dict[str, Any], directory: Path) -> None:
         paths = write_results(result, directory)
         print(f"\nRobustness of {result['method']} ({result['checkpoint'] or 'current weights'})")
         print(format_table([result]))
