@@ -131,6 +131,16 @@ def test_sample_size_limits_the_attacked_subset():
     assert evaluation.result["attack_samples"] == 50 and evaluation.result["samples"] == 120
 
 
+def test_noise_is_clamped_to_the_input_range_unless_switched_off():
+    module = Standard(MLP([2, 8, 3]))
+    module.input_box = (0.0, 1.0)
+    x, y = torch.full((200, 2), 0.5), torch.zeros(200, dtype=torch.long)
+    for clamp in (True, False):
+        noisy = tiny_evaluation(noise_clamp=clamp).perturb(module, "noise", 1.0, x, y, torch.Generator().manual_seed(0))
+        inside = bool(((noisy >= 0) & (noisy <= 1)).all())
+        assert inside == clamp
+
+
 def test_attacks_under_inference_mode_say_what_to_set():
     module = Standard(MLP([2, 8, 3]))
     with pytest.raises(LipregError, match="inference_mode false"):

@@ -60,8 +60,9 @@ class RobustnessEvaluation(L.Callback):
     """Everything ``lipreg test`` reports besides clean accuracy (CLIP paper Table 1, FLIP slides Figs. 13–15).
 
     On the first ``sample_size`` test samples (all when ``None``): accuracy (regression: MSE)
-    under Gaussian noise for each σ, FGSM for each ε, PGD for each ε (``pgd_steps`` steps of size
-    ``pgd_step_size``, normalised-gradient steps for L2) and, with ``sign_pgd``, the CLIP paper's
+    under Gaussian noise for each σ (clamped to the input range unless ``noise_clamp`` is false),
+    FGSM for each ε, PGD for each ε (``pgd_steps`` steps of size ``pgd_step_size``,
+    normalised-gradient steps for L2) and, with ``sign_pgd``, the CLIP paper's
     eq. (13) variant (sign steps, L2-ball projection). Then the Lipschitz lower bound (adaptive pair
     ascent from ``lipschitz_pairs`` test points and noisy copies), the layer-product upper bound,
     and certified accuracy at each radius (margin > √2·L_upper·ε). With ``train_accuracy`` the
@@ -76,6 +77,7 @@ class RobustnessEvaluation(L.Callback):
     def __init__(
         self,
         noise_sigmas: list[float] = [0.25, 0.5, 1.0],  # noqa: B006  (jsonargparse shows list defaults)
+        noise_clamp: bool = True,
         fgsm_epsilons: list[float] = [0.05, 0.1, 0.2, 0.3],  # noqa: B006
         fgsm_norm: Norm = "linf",
         pgd_epsilons: list[float] = [0.5, 1.0, 1.5, 2.0],  # noqa: B006
@@ -106,6 +108,7 @@ class RobustnessEvaluation(L.Callback):
         if sample_size is not None and sample_size < 1:
             raise LipregError(f"evaluation.sample_size must be >= 1, got {sample_size}")
         self.noise_sigmas = list(noise_sigmas)
+        self.noise_clamp = noise_clamp
         self.fgsm_epsilons = list(fgsm_epsilons)
         self.fgsm_norm = fgsm_norm
         self.pgd_epsilons = list(pgd_epsilons)
@@ -137,7 +140,7 @@ class RobustnessEvaluation(L.Callback):
         box = module.input_box
         loss = per_sample_cross_entropy if module.task == "classification" else per_sample_squared_error
         if curve == "noise":
-            return gaussian_noise(x, parameter, box, generator)
+            return gaussian_noise(x, parameter, box if self.noise_clamp else None, generator)
         if curve == "fgsm":
             return fgsm(module.net, x, y, parameter, self.fgsm_norm, loss, box)
         step_kind = "sign" if curve == "pgd_sign" else "steepest"
