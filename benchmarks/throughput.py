@@ -6,7 +6,8 @@
 2. a plain PyTorch loop over the same in-memory tensors (random permutation, slices);
 3. a torchvision ``MNIST`` dataset with ``ToTensor`` behind a per-sample ``DataLoader``;
 4. for reference, the floor of stock Lightning: a bare ``LightningModule`` whose step is only the
-   forward and the loss, fed the same batches as the plain loop (no metrics, no lipreg code).
+   forward and the loss, fed the same batches as the plain loop (no metrics, no lipreg code);
+   also with ``Trainer(barebones=True)``, Lightning's own mode for measuring its loop's overhead.
 
 All: batch 128, SGD(lr 0.1, momentum 0.9), training only (no validation, no checkpointing).
 Each is timed over ``--epochs`` epochs after one warm-up epoch; the figure is seconds per epoch.
@@ -85,12 +86,12 @@ class PermutedSlices:
             yield self.x[index], self.y[index]
 
 
-def bare_lightning_epoch(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+def bare_lightning_epoch(x: torch.Tensor, y: torch.Tensor, epochs: int, barebones: bool = False) -> float:
     torch.manual_seed(0)
     timer = EpochTimer()
     trainer = L.Trainer(
         max_epochs=epochs + 1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, callbacks=[timer],
+        enable_progress_bar=False, callbacks=[timer], barebones=barebones,
     )
     trainer.fit(BareModule(), train_dataloaders=PermutedSlices(x, y))
     return sum(timer.times[1:]) / epochs
@@ -152,6 +153,7 @@ def main() -> None:
         "lipreg": lambda: lipreg_epoch(args.data_dir, args.epochs, args.root),
         "torchvision DataLoader": lambda: torchvision_epoch(args.data_dir, len(x), args.epochs),
         "bare Lightning (floor)": lambda: bare_lightning_epoch(x, y, args.epochs),
+        "bare, barebones=True": lambda: bare_lightning_epoch(x, y, args.epochs, barebones=True),
     }
     # the paths take turns, so a slow spell of a noisy machine hits all of them alike; each
     # round's ratios are to that round's plain loop, and the table shows their median and range

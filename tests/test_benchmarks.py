@@ -34,5 +34,5 @@ def test_regulariser_benchmark_prints_a_row_per_method(data_dir: Path):
 def test_throughput_benchmark_prints_every_path(data_dir: Path, tmp_path: Path):
     out = run_benchmark("throughput.py", "--data-dir", str(data_dir), "--epochs", "1", "--repeats", "1",
                         "--root", str(tmp_path))
-    for path in ("plain loop", "lipreg", "torchvision DataLoader", "bare Lightning (floor)"):
+    for path in ("plain loop", "lipreg", "torchvision DataLoader", "bare Lightning (floor)", "bare, barebones=True"):
         assert re.search(rf"{re.escape(path)}\s+\d+\.\d+\s+\d+\.\d+", out), out

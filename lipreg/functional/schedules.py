@@ -14,14 +14,22 @@ def discrepancy_step(
     .. math:: \\lambda \\leftarrow \\begin{cases} \\lambda + d\\lambda & A(f_\\theta; T) > \\alpha \\\\
               \\max(\\lambda - d\\lambda, \\lambda_{min}) & \\text{otherwise} \\end{cases}
 
-    capped at ``maximum`` when one is given.
+    capped at ``maximum`` when one is given. λ lives in a float32 buffer, so a value read back from it
+    may exceed the sum of its steps by rounding; a decrease that lands within ``1e-6·dλ`` of the
+    minimum is the minimum (0.1 stored in float32, less 0.1, is 0, not 1.5e-9).
 
     >>> discrepancy_step(1.0, accuracy=0.95, target=0.9, step=0.5)
     1.5
     >>> discrepancy_step(0.2, accuracy=0.80, target=0.9, step=0.5)
     0.0
+    >>> discrepancy_step(0.10000000149011612, accuracy=0.80, target=0.9, step=0.1)
+    0.0
     """
-    updated = coefficient + step if accuracy > target else max(coefficient - step, minimum)
+    if accuracy > target:
+        updated = coefficient + step
+    else:
+        updated = coefficient - step
+        updated = minimum if updated - minimum <= 1e-6 * step else updated
     return updated if maximum is None else min(updated, maximum)
 
 

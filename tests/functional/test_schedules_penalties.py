@@ -29,6 +29,13 @@ def test_discrepancy_step(lam, accuracy, target, step, minimum, maximum, expecte
     assert discrepancy_step(lam, accuracy, target, step, minimum, maximum) == pytest.approx(expected)
 
 
+def test_a_float32_coefficient_stepped_down_by_its_step_reaches_the_minimum_exactly():
+    for step in (0.1, 0.05, 0.3):
+        stored = float(torch.tensor(step, dtype=torch.float32))  # λ as read back from the module's buffer
+        assert stored != step
+        assert discrepancy_step(stored, accuracy=0.5, target=0.9, step=step) == 0.0
+
+
 @pytest.mark.parametrize(
     "epsilon,factor,minimum,expected", [(1.0, 0.9, 0.0, 0.9), (0.5, 0.5, 0.0, 0.25), (0.1, 0.5, 0.08, 0.08)]
 )
