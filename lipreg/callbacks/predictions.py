@@ -29,7 +29,6 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
-        self.path: Path | None = None
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
@@ -50,6 +49,6 @@ class PredictionWriter(BasePredictionWriter):
         if getattr(pl_module, "task", None) == "classification":
             result["labels"] = outputs.argmax(dim=1).cpu()
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "predictions.pt"
-        torch.save(result, self.path)
-        print(f"wrote {self.path} ({len(outputs)} samples)")
+        path = directory / "predictions.pt"
+        torch.save(result, path)
+        print(f"wrote {path} ({len(outputs)} samples)")
