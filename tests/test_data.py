@@ -1,9 +1,16 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lipreg.data import FashionMNISTDataModule, MNISTDataModule, RegressionDataModule, TensorBatches
+from lipreg.data import (
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    RegressionDataModule,
+    ShuffledBatches,
+    TensorBatches,
+)
 from lipreg.data.regression import clip_target, polynomial_target
 from lipreg.errors import LipregError
 
@@ -50,6 +57,27 @@ def test_tensor_batches_gathers_a_whole_batch_at_once():
     x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
     xb, yb = TensorBatches(x, y).__getitems__([3, 1, 4])
     assert xb.flatten().tolist() == [3.0, 1.0, 4.0] and yb.tolist() == [3, 1, 4]
+
+
+def test_shuffled_batches_follow_the_sampler_in_slices():
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    batches = ShuffledBatches((x, y), batch_size=4, sampler=[9, 2, 5, 0, 7, 1, 3])
+    assert len(batches) == 2
+    assert [yb.tolist() for _, yb in batches] == [[9, 2, 5, 0], [7, 1, 3]]
+    assert [xb.flatten().tolist() for xb, _ in batches][1] == [7.0, 1.0, 3.0]
+    with pytest.raises(ValueError, match="batch_size"):
+        ShuffledBatches((x, y), batch_size=0, sampler=[0])
+
+
+def test_train_loader_shards_without_overlap_under_ddp():
+    dm = RegressionDataModule(num_samples=37, batch_size=8, seed=0)
+    dm.setup()
+    shards = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, strategy=None)
+        shards.append(torch.cat([xb for xb, _ in dm.train_dataloader()]).flatten().tolist())
+    assert len(shards[0]) == len(shards[1]) == 19  # DistributedSampler pads 37 to 38
+    assert set(shards[0]) | set(shards[1]) == set(dm.splits.train[0].flatten().tolist())
 
 
 def test_train_loader_covers_every_sample_once_and_is_seeded():

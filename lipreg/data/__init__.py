@@ -1,6 +1,6 @@
 """Data modules that hold their splits as tensors in memory and serve sliced batches."""
 
-from lipreg.data.base import InMemoryDataModule, TensorBatches
+from lipreg.data.base import InMemoryDataModule, ShuffledBatches, TensorBatches
 from lipreg.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from lipreg.data.regression import RegressionDataModule
 
@@ -9,5 +9,6 @@ __all__ = [
     "InMemoryDataModule",
     "MNISTDataModule",
     "RegressionDataModule",
+    "ShuffledBatches",
     "TensorBatches",
 ]
