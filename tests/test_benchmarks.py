@@ -30,6 +30,14 @@ def test_regulariser_benchmark_prints_a_row_per_method(data_dir: Path):
         assert re.search(rf"^{method}\s+\d+\.\d+", table, re.MULTILINE), out
 
 
+def test_regulariser_benchmark_times_a_subset_over_rounds(data_dir: Path):
+    out = run_benchmark("regularisers.py", "--data-dir", str(data_dir), "--limit-batches", "2",
+                        "--methods", "WeightDecay", "--repeats", "2")
+    table = out.split("ratios to Standard")[1]
+    assert re.search(r"^WeightDecay\s+\d+\.\d+.*\d+\.\d+–\d+\.\d+$", table, re.MULTILINE), out
+    assert re.search(r"^Standard\s", table, re.MULTILINE) and "CLIP" not in table, out
+
+
 @pytest.mark.slow
 def test_throughput_benchmark_prints_every_path(data_dir: Path, tmp_path: Path):
     out = run_benchmark("throughput.py", "--data-dir", str(data_dir), "--epochs", "1", "--repeats", "1",

@@ -81,3 +81,17 @@ def test_squared_parameter_norm():
         layer.weight.copy_(torch.tensor([[1.0, 2.0]]))
         layer.bias.fill_(3.0)
     assert squared_parameter_norm(layer.parameters()).item() == pytest.approx(14.0)
+    assert squared_parameter_norm([]).item() == 0.0
+
+
+def test_squared_parameter_norm_gradient_is_twice_the_parameters():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(3, 4, requires_grad=True), torch.randn(3, requires_grad=True)
+    frozen = torch.randn(2)  # a tensor without gradient still counts in the value
+    value = squared_parameter_norm([weight, bias, frozen])
+    expected = weight.square().sum() + bias.square().sum() + frozen.square().sum()
+    assert value.item() == pytest.approx(expected.item())
+    (0.5 * value).backward()
+    assert torch.allclose(weight.grad, weight.detach()) and torch.allclose(bias.grad, bias.detach())
+    double = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: squared_parameter_norm([t, t.sin()]), (double,))
