@@ -1,13 +1,21 @@
-"""PGD cost against plain forward+backward passes, and the time of a full ``lipreg test`` on MNIST.
+"""PGD cost against plain forward+backward passes, the robust-accuracy ensemble against the same
+ensemble built from torchattacks, and the time of a full ``lipreg test`` on MNIST.
 
     python benchmarks/attacks.py --data-dir ../shared/datasets
+    python benchmarks/attacks.py --data-dir ../shared/datasets --ensemble-checkpoint CKPT --skip-pgd --skip-test-run
 
 1. PGD-L2 (ε = 2, α = 0.25, 100 steps, lipreg's ``pgd``) on the 10,000 MNIST test images with a
    784-200-80-10 ReLU network, in batches of 1,000, against 100 plain forward+backward passes
    (input gradient of the summed cross-entropy) over the same batches, taking turns for
    ``--repeats`` rounds; prints the median ratio and its range (target ≤ 1.2: the attack's
    projection and bookkeeping cost little beside the passes).
-2. The wall time of ``lipreg test`` with the default evaluation suite on a checkpoint of
+2. With ``--ensemble-checkpoint`` (a 784-64-64-10 MNIST checkpoint, e.g. CLIP90's): lipreg's
+   worst-case ensemble (APGD-CE and APGD-T at 100 steps, Square at 5,000 queries, L2 ε = 2) against
+   the same ensemble of torchattacks' ``APGD``, ``APGDT`` and ``Square``, each attack run only on
+   the images still robust, on the same 10,000 test images in batches of 1,000, in turn for
+   ``--ensemble-repeats`` rounds; prints both times, their ratio (target ≤ 0.7) and both robust
+   accuracies.
+3. The wall time of ``lipreg test`` with the default evaluation suite on a checkpoint of
    ``configs/mnist_standard.yaml`` trained for one epoch (trained first, not timed).
 """
 
@@ -22,6 +30,8 @@ import torch.nn.functional as F
 from lipreg.cli import run
 from lipreg.data import MNISTDataModule
 from lipreg.functional import pgd
+from lipreg.functional.ensemble import EnsembleBudget, ensemble_attack, robust_under_ensemble
+from lipreg.methods.base import LipRegModule
 from lipreg.nets import MLP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,19 +53,83 @@ def pgd_time(net: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
     return time.perf_counter() - start
 
 
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def lipreg_ensemble(net: torch.nn.Module, batches: Batches, epsilon: float) -> tuple[float, float]:
+    """Seconds and robust accuracy (%) of lipreg's ensemble: APGD-CE, APGD-T, Square, in turn."""
+    start, robust = time.perf_counter(), 0
+    budget, generator = EnsembleBudget(), torch.Generator().manual_seed(0)
+    for x, y in batches:
+        attacks = [(n, ensemble_attack(n, net, epsilon, "l2", budget, generator=generator))
+                   for n in ("apgd-ce", "apgd-t", "square")]
+        robust += int(robust_under_ensemble(net, x, y, attacks)[0].sum())
+    return time.perf_counter() - start, 100 * robust / sum(len(x) for x, _ in batches)
+
+
+def torchattacks_ensemble(net: torch.nn.Module, batches: Batches, epsilon: float) -> tuple[float, float]:
+    """The same protocol with torchattacks' APGD (CE), APGDT and Square at the same budgets."""
+    import torchattacks  # the test extra's oracle, installed with --no-deps
+
+    attacks = [torchattacks.APGD(net, norm="L2", eps=epsilon, steps=100, loss="ce", seed=0),
+               torchattacks.APGDT(net, norm="L2", eps=epsilon, steps=100, n_classes=10, seed=0),
+               torchattacks.Square(net, norm="L2", eps=epsilon, n_queries=5000, seed=0)]
+    start, robust = time.perf_counter(), 0
+    for x, y in batches:
+        with torch.no_grad():
+            still = net(x).argmax(1) == y
+        for attack in attacks:
+            index = still.nonzero().squeeze(1)
+            if len(index) == 0:
+                break
+            adversarial = attack(x[index], y[index])
+            with torch.no_grad():
+                still[index[net(adversarial).argmax(1) != y[index]]] = False
+        robust += int(still.sum())
+    return time.perf_counter() - start, 100 * robust / sum(len(x) for x, _ in batches)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets"))
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="rounds in which both run once")
     parser.add_argument("--root", default="/tmp/lipreg-attack-benchmark")
-    parser.add_argument("--skip-test-run", action="store_true", help="only the PGD ratio")
+    parser.add_argument("--skip-test-run", action="store_true", help="no full `lipreg test` run")
+    parser.add_argument("--skip-pgd", action="store_true", help="no PGD ratio")
+    parser.add_argument("--ensemble-checkpoint", default=None, help="a 784-64-64-10 MNIST checkpoint to attack")
+    parser.add_argument("--ensemble-repeats", type=int, default=1, help="rounds in which both ensembles run once")
+    parser.add_argument("--epsilon", type=float, default=2.0, help="L2 radius of the ensembles")
     args = parser.parse_args()
 
     data = MNISTDataModule(data_dir=args.data_dir)
     data.setup()
     x, y = data.splits.test
     batches = [(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)]
+    if args.ensemble_checkpoint:
+        compare_ensembles(args, batches)
+    if not args.skip_pgd:
+        compare_pgd(args, batches)
+    if not args.skip_test_run:
+        time_test_run(args)
+
+
+def compare_ensembles(args: argparse.Namespace, batches: Batches) -> None:
+    net = LipRegModule.load_from_checkpoint(args.ensemble_checkpoint, map_location="cpu").net.eval()
+    rounds = []
+    for _ in range(args.ensemble_repeats):  # in turn, so a slow spell of the machine hits both alike
+        rounds.append((torchattacks_ensemble(net, batches, args.epsilon), lipreg_ensemble(net, batches, args.epsilon)))
+    ratios = sorted(ours[0] / theirs[0] for theirs, ours in rounds)
+    (theirs_time, theirs_robust), (ours_time, ours_robust) = rounds[len(rounds) // 2]
+    images = sum(len(x) for x, _ in batches)
+    print(f"\nrobust-accuracy ensemble, L2 ε = {args.epsilon:g}, {images} MNIST test images, "
+          f"{torch.get_num_threads()} threads, {args.ensemble_repeats} round(s), {args.ensemble_checkpoint}")
+    print(f"{'torchattacks APGD-CE+APGD-T+Square':<38}{theirs_time:>8.1f} s  1.00  robust {theirs_robust:.2f} %")
+    print(f"{'lipreg APGD-CE+APGD-T+Square':<38}{ours_time:>8.1f} s  {statistics.median(ratios):.2f}  "
+          f"robust {ours_robust:.2f} %  (ratio range {ratios[0]:.2f}–{ratios[-1]:.2f}; target ≤ 0.7)")
+
+
+def compare_pgd(args: argparse.Namespace, batches: Batches) -> None:
     torch.manual_seed(0)
     net = MLP([784, 200, 80, 10]).eval()
     plain_passes(net, batches[:1], 5)  # warm-up
@@ -64,14 +138,14 @@ def main() -> None:
     ratios = sorted(attack / plain for plain, attack in rounds)
     plain = statistics.median(plain for plain, _ in rounds)
     attack = statistics.median(attack for _, attack in rounds)
-    print(f"\nMNIST test set ({len(x)} images), 784-200-80-10, {torch.get_num_threads()} threads, {args.steps} steps, "
-          f"{args.repeats} rounds")
+    print(f"\nMNIST test set ({sum(len(x) for x, _ in batches)} images), 784-200-80-10, {torch.get_num_threads()} "
+          f"threads, {args.steps} steps, {args.repeats} rounds")
     print(f"{'plain forward+backward':<28}{plain:>8.2f} s  1.00")
     print(f"{'PGD-L2 (lipreg)':<28}{attack:>8.2f} s  {statistics.median(ratios):.2f}  "
           f"(range {ratios[0]:.2f}–{ratios[-1]:.2f})")
 
-    if args.skip_test_run:
-        return
+
+def time_test_run(args: argparse.Namespace) -> None:
     config = str(REPO / "configs" / "mnist_standard.yaml")
     common = ["--config", config, "--data.init_args.data_dir", args.data_dir, "--trainer.default_root_dir", args.root]
     fit = run(["fit", *common, "--trainer.max_epochs", "1"])

@@ -17,6 +17,7 @@ RESULT_FILE = "robustness.json"
 
 #: How each curve is labelled in tables and plots.
 CURVE_LABELS = {
+    "robust": "robust (worst case over the ensemble) ε",
     "noise": "Gaussian noise σ",
     "fgsm": "FGSM ε",
     "pgd": "PGD ε",
@@ -30,6 +31,35 @@ def _percent(value: float | None, metric: str) -> str:
     return f"{100 * value:.1f}" if metric == "accuracy" else f"{value:.4g}"
 
 
+def _norm_label(norm: str | None) -> str:
+    return {"l2": "L2", "linf": "L∞"}.get(norm or "", "")
+
+
+def _curve_label(curve: str, result: dict[str, Any]) -> str:
+    """A curve's label with the norm its attack uses, e.g. ``PGD-L2 ε``."""
+    settings = result.get("settings", {})
+    norm = _norm_label(settings.get("fgsm_norm") if curve == "fgsm" else settings.get("pgd_norm"))
+    if curve == "robust":
+        return f"robust {result['metric']} {norm} (worst case) ε" if norm else CURVE_LABELS[curve]
+    label = CURVE_LABELS.get(curve, curve)
+    if norm and curve in ("fgsm", "pgd", "pgd_sign"):
+        head, _, tail = label.partition(" ")
+        return f"{head}-{norm} {tail}"
+    return label
+
+
+def ensemble_summary(result: dict[str, Any]) -> str:
+    """Which attacks the robust figure is the worst case over, and how many samples each broke."""
+    ensemble = result.get("ensemble") or {}
+    if not ensemble.get("attacks") or not result["curves"].get("robust"):
+        return ""
+    lines = [f"robust = worst case per sample over: {', '.join(ensemble['attacks'])}"]
+    for epsilon, broken in ensemble.get("broken_by", {}).items():
+        stages = ", ".join(f"{stage} {count}" for stage, count in broken.items())
+        lines.append(f"  ε={epsilon}: samples broken first by: {stages}")
+    return "\n".join(lines)
+
+
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """``(quantity, value)`` rows of one result, accuracies in percent (MSE as is)."""
     metric = result["metric"]
@@ -41,7 +71,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                      _percent(result["clean_subset"], metric)))
     for curve, points in result["curves"].items():
         for parameter, value in points:
-            rows.append((f"{CURVE_LABELS.get(curve, curve)}={parameter:g}", _percent(value, metric)))
+            rows.append((f"{_curve_label(curve, result)}={parameter:g}", _percent(value, metric)))
     lipschitz = result["lipschitz"]
     rows.append(("Lipschitz lower bound (pair ascent)", f"{lipschitz['lower']:.4g}"))
     upper = lipschitz["upper"]

@@ -25,8 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bounds_enclose_a_linear_maps_constant():
     f, sigma = linear_map(seed=4)
-    u, v = noisy_pairs(torch.randn(32, 8), 0.5)
-    lower = lipschitz_lower_bound(f, u, v, steps=100, step_size=0.1).item()
+    lower = lipschitz_lower_bound(f, noisy_pairs(torch.randn(32, 8), 0.5), steps=100, step_size=0.1).item()
     upper = lipschitz_upper_bound(nn.Sequential(f), (8,))
     assert lower <= sigma * (1 + 1e-5) and upper == pytest.approx(sigma, rel=1e-5)
     assert lower == pytest.approx(sigma, rel=0.01)
@@ -35,8 +34,7 @@ def test_bounds_enclose_a_linear_maps_constant():
 def test_bounds_enclose_the_abs_network():
     """Layer product 2 (√2·√2), true constant 1 (CLIP paper, eq. (1))."""
     f = abs_network()
-    u, v = noisy_pairs(torch.rand(16, 1) * 4 - 2, 0.3)
-    lower = lipschitz_lower_bound(f, u, v, steps=100, step_size=0.05).item()
+    lower = lipschitz_lower_bound(f, noisy_pairs(torch.rand(16, 1) * 4 - 2, 0.3), steps=100, step_size=0.05).item()
     upper = lipschitz_upper_bound(f, (1,))
     assert lower == pytest.approx(1.0, rel=0.01) and lower <= 1.0 + 1e-6
     assert upper == pytest.approx(2.0, rel=1e-5)
@@ -122,6 +120,56 @@ def test_evaluation_results_are_consistent_and_written(tmp_path: Path):
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"robustness.json", "robustness.csv", "robustness.png"}
     assert json.loads((tmp_path / "out" / "robustness.json").read_text())["method"] == "Standard"
     assert trainer.callback_metrics["test/pgd_acc@0.2"] == pytest.approx(result["curves"]["pgd"][1][1])
+    # the robust accuracy: first, logged, never above any attack at the same ε, and it says what it is
+    assert list(result["curves"])[0] == "robust"
+    for (epsilon, robust), (_, pgd_value), (_, sign_value) in zip(
+            result["curves"]["robust"], result["curves"]["pgd"], result["curves"]["pgd_sign"], strict=True):
+        assert robust <= min(pgd_value, sign_value) + 1e-6
+        assert trainer.callback_metrics[f"test/robust_acc@{epsilon:g}"] == pytest.approx(robust)
+    attacks = result["ensemble"]["attacks"]
+    assert attacks[0].startswith("PGD-L2") and "APGD-T (100 steps, 9 targets)" in attacks
+    assert not any("Square" in a for a in attacks)  # flat inputs: Square needs images
+    broken = result["ensemble"]["broken_by"]["0.2"]
+    clean_correct = round(result["clean_subset"] * result["attack_samples"])
+    assert clean_correct - sum(v for k, v in broken.items() if k != "clean") == round(
+        result["curves"]["robust"][1][1] * result["attack_samples"])
+
+
+def test_the_ensemble_lowers_robust_accuracy_below_cross_entropy_pgd_on_small_logits(capsys: pytest.CaptureFixture):
+    """Logits scaled down 100×: cross-entropy PGD with few steps misses points that APGD-T breaks."""
+    torch.manual_seed(0)
+    module = Standard(MLP([2, 32, 3], activation="relu"), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    quiet_trainer(max_epochs=5).fit(module, BlobsDataModule())
+    with torch.no_grad():
+        module.net.layers[-1].weight.mul_(0.01)
+        module.net.layers[-1].bias.mul_(0.01)
+    evaluation = tiny_evaluation(pgd_steps=3, pgd_step_size=0.01, sign_pgd=False, ensemble=["apgd-t"])
+    quiet_trainer(callbacks=[evaluation]).test(module, BlobsDataModule())
+    (_, robust), (_, pgd_value) = evaluation.result["curves"]["robust"][1], evaluation.result["curves"]["pgd"][1]
+    assert robust < pgd_value - 0.05
+    assert evaluation.result["ensemble"]["broken_by"]["0.2"]["apgd-t"] > 0
+    out = capsys.readouterr().out
+    assert out.index("robust accuracy L2 (worst case) ε=0.05") < out.index("Gaussian noise")
+    assert "robust = worst case per sample over: PGD-L2 (CE, 3 steps of 0.01), APGD-T (100 steps, 9 targets)" in out
+
+
+def test_regression_reports_the_worst_case_error():
+    from lipreg.data import RegressionDataModule
+
+    torch.manual_seed(0)
+    module = Standard(MLP([1, 16, 1], activation="tanh"), task="regression")
+    evaluation = tiny_evaluation(pgd_epsilons=[0.1], certified_radii=[])
+    quiet_trainer(callbacks=[evaluation]).test(module, RegressionDataModule(num_samples=50))
+    result = evaluation.result
+    assert result["curves"]["robust"][0][1] >= result["curves"]["pgd"][0][1] - 1e-9
+    assert result["ensemble"]["attacks"][-1] == "APGD-MSE (100 steps)"
+
+
+def test_unknown_ensemble_attacks_are_refused():
+    with pytest.raises(LipregError, match="unknown attack.*'fab'.*apgd-ce"):
+        RobustnessEvaluation(ensemble=["apgd-ce", "fab"])
+    with pytest.raises(LipregError, match="budget"):
+        RobustnessEvaluation(square_queries=0)
 
 
 def test_sample_size_limits_the_attacked_subset():
@@ -159,6 +207,19 @@ def test_pgd_validation_drives_checkpoint_selection(tmp_path: Path):
     trainer.fit(module, BlobsDataModule())
     assert 0 <= trainer.callback_metrics["val/pgd_acc"] <= trainer.callback_metrics["val/acc"]
     assert checkpoint.best_model_score is not None and Path(checkpoint.best_model_path).is_file()
+
+
+def test_pgd_validation_attacks_the_margin_by_default(monkeypatch: pytest.MonkeyPatch):
+    import lipreg.callbacks.pgd_validation as validation
+    from lipreg.functional.losses import margin_loss, per_sample_cross_entropy
+
+    seen = []
+    real_pgd = validation.pgd
+    monkeypatch.setattr(validation, "pgd", lambda *a, **k: seen.append(a[8]) or real_pgd(*a, **k))
+    module = Standard(MLP([2, 8, 3]))
+    for callback in (PGDValidation(epsilon=0.1, steps=2), PGDValidation(epsilon=0.1, steps=2, loss="ce")):
+        quiet_trainer(callbacks=[callback]).validate(module, BlobsDataModule())
+    assert seen[0] is margin_loss and seen[-1] is per_sample_cross_entropy
 
 
 def test_lipreg_test_and_compare_write_their_files(tmp_path: Path, capsys: pytest.CaptureFixture):

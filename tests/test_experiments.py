@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from experiments import flip_comparison, regression_figure2, table1
+from experiments import attack_ensemble, checkpoint_choice, flip_comparison, regression_figure2, table1
 
 
 def test_regression_figure2_writes_its_figure_and_table(tmp_path: Path):
@@ -23,6 +23,22 @@ def test_table1_rows_run_and_sit_beside_the_papers_numbers(tmp_path: Path, data_
     text = (tmp_path / "table1.md").read_text()
     assert "CLIP90" in text and "(36.2)" in text
     assert json.loads((tmp_path / "table1.json").read_text())["CLIP90"]["checkpoint"].endswith(".ckpt")
+
+
+def test_attack_ensemble_and_checkpoint_choice_run_on_table1_checkpoints(tmp_path: Path, data_dir: Path):
+    table1.main(["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "2", "--limit-batches", "3",
+                 "--lipschitz-size", "200", "--rows", "CLIP90", "--keep-every-epoch"])
+    checkpoints = sorted(tmp_path.rglob("every-*.ckpt"))
+    assert [p.name for p in checkpoints] == ["every-epoch=0.ckpt", "every-epoch=1.ckpt"]
+    choice = checkpoint_choice.main(["--data-dir", str(data_dir), "--test-images", "40", "--out",
+                                     str(tmp_path / "choice.json"), "--checkpoints", *map(str, checkpoints)])
+    assert set(choice["picked_by"].values()) <= {str(p) for p in checkpoints}
+    assert all(r["test_robust"] <= r["test_clean"] for r in choice["epochs"])
+    (result,) = attack_ensemble.main(["--data-dir", str(data_dir), "--images", "30", "--batch", "30",
+                                      "--checkpoint", str(checkpoints[-1]), "--out", str(tmp_path / "ens.json"),
+                                      "--only", "lipreg PGD-CE", "lipreg APGD-T", "torchattacks APGD-T"])
+    assert set(result["accuracy"]) == {"lipreg PGD-CE", "lipreg APGD-T", "torchattacks APGD-T"}
+    assert result["worst_case_over_all"] <= min(result["accuracy"].values())
 
 
 def test_table1_runs_on_fashion_mnist(tmp_path: Path, data_dir: Path):

@@ -1,9 +1,10 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
 from lipreg.callbacks.agreement import ProcessAgreement
+from lipreg.callbacks.pgd_validation import PGDValidation
 from lipreg.callbacks.predictions import PredictionWriter
 from lipreg.callbacks.regression_plot import RegressionPlot
-from lipreg.callbacks.robustness import PGDValidation, RobustnessEvaluation
+from lipreg.callbacks.robustness import RobustnessEvaluation
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Robustness evaluation at test time, and PGD robustness on the validation split during training."""
+"""Robustness evaluation at test time: the suite behind ``lipreg test``."""
 
 from pathlib import Path
 from typing import Any
@@ -9,57 +9,34 @@ import torch
 from torch import Tensor
 from torchmetrics import SumMetric
 
+from lipreg.callbacks.attack_support import SampleBudget, per_sample_scores, require_gradients
 from lipreg.errors import LipregError
 from lipreg.functional import certified, fgsm, gaussian_noise, lipschitz_lower_bound, lipschitz_upper_bound, pgd
-from lipreg.functional.attacks import Norm, per_sample_cross_entropy, per_sample_squared_error
+from lipreg.functional.attacks import Norm
+from lipreg.functional.ensemble import (
+    CLASSIFICATION_ATTACKS,
+    EnsembleBudget,
+    ensemble_attack,
+    robust_under_ensemble,
+    worst_case_error,
+)
+from lipreg.functional.losses import per_sample_cross_entropy, per_sample_squared_error
 from lipreg.functional.pairs import noisy_pairs
 from lipreg.methods.base import LipRegModule, epoch_mean
-from lipreg.report import format_table, robustness_figure, write_results
+from lipreg.report import ensemble_summary, format_table, robustness_figure, write_results
 
-INFERENCE_MODE_MESSAGE = (
-    "{name} attacks the network and needs input gradients, but the trainer runs {stage} under "
-    "torch.inference_mode(): set --trainer.inference_mode false (lipreg's CLI default)"
-)
-
-
-def _require_gradients(callback: L.Callback, stage: str) -> None:
-    if torch.is_inference_mode_enabled():
-        raise LipregError(INFERENCE_MODE_MESSAGE.format(name=type(callback).__name__, stage=stage))
-
-
-def _scores(module: LipRegModule, outputs: Tensor, y: Tensor) -> Tensor:
-    """Per-sample correctness (classification) or squared error (regression)."""
-    if module.task == "classification":
-        return (outputs.argmax(dim=1) == y).float()
-    return per_sample_squared_error(outputs, y)
-
-
-class SampleBudget:
-    """Lets through the first ``sample_size`` samples of an evaluation epoch (all when ``None``).
-
-    lipreg's data modules shard evaluation data as ``rank, rank + world, …``; each process takes
-    its part of the first ``sample_size``, so together they evaluate exactly the samples a single
-    process would.
-    """
-
-    def __init__(self, sample_size: int | None, trainer: L.Trainer) -> None:
-        self.remaining = (
-            None if sample_size is None else len(range(trainer.global_rank, sample_size, trainer.world_size))
-        )
-
-    def take(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """The part of the batch still within the budget (possibly empty)."""
-        if self.remaining is None:
-            return x, y
-        count = min(self.remaining, len(x))
-        self.remaining -= count
-        return x[:count], y[:count]
+#: The curves whose per-sample results at ε feed the worst case (they use ``pgd_norm``).
+PGD_CURVES = ("pgd", "pgd_sign")
 
 
 class RobustnessEvaluation(L.Callback):
     """Everything ``lipreg test`` reports besides clean accuracy (CLIP paper Table 1, FLIP slides Figs. 13–15).
 
-    On the first ``sample_size`` test samples (all when ``None``): accuracy (regression: MSE)
+    First, at each of ``pgd_epsilons`` (norm ``pgd_norm``), the **robust accuracy**: the share of
+    samples classified correctly that every attack fails on — the PGD columns below at that ε and
+    then the ``ensemble`` (run in turn on the samples still robust; Croce & Hein, 2020). For
+    regression it is the worst-case MSE: per sample the largest squared error over PGD and APGD.
+    Then, on the first ``sample_size`` test samples (all when ``None``): accuracy (regression: MSE)
     under Gaussian noise for each σ (clamped to the input range unless ``noise_clamp`` is false),
     FGSM for each ε, PGD for each ε (``pgd_steps`` steps of size ``pgd_step_size``,
     normalised-gradient steps for L2) and, with ``sign_pgd``, the CLIP paper's
@@ -72,6 +49,14 @@ class RobustnessEvaluation(L.Callback):
     ``robustness.json``, ``.csv`` and ``.png`` (curves against ε) into ``output_dir`` (default: the
     run's log directory); the curves also go to TensorBoard. All metrics are reduced over processes;
     only rank 0 writes files.
+
+    Args:
+        ensemble: the attacks behind the robust accuracy besides the PGD columns, in the order they
+            run: ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``square``, ``pgd-margin`` (classification;
+            regression always uses APGD on the squared error). Empty: the PGD columns alone.
+        apgd_steps: steps of every APGD run.
+        apgd_targets: rival classes APGD-T attacks in turn (the top ones by clean logit).
+        square_queries: queries of the Square attack per image.
     """
 
     def __init__(
@@ -86,6 +71,10 @@ class RobustnessEvaluation(L.Callback):
         pgd_step_size: float = 0.25,
         pgd_restarts: int = 1,
         sign_pgd: bool = True,
+        ensemble: list[str] = ["apgd-ce", "apgd-t", "square"],  # noqa: B006
+        apgd_steps: int = 100,
+        apgd_targets: int = 9,
+        square_queries: int = 5000,
         certified_radii: list[float] = [0.1, 0.25, 0.5],  # noqa: B006
         lipschitz_pairs: int = 1000,
         lipschitz_steps: int = 50,
@@ -107,6 +96,16 @@ class RobustnessEvaluation(L.Callback):
             )
         if sample_size is not None and sample_size < 1:
             raise LipregError(f"evaluation.sample_size must be >= 1, got {sample_size}")
+        unknown = [name for name in ensemble if name not in CLASSIFICATION_ATTACKS]
+        if unknown:
+            raise LipregError(f"evaluation.ensemble: unknown attack(s) {unknown}; choose from "
+                              f"{', '.join(CLASSIFICATION_ATTACKS)}")
+        try:
+            self.attack_budget = EnsembleBudget(apgd_steps, apgd_targets, square_queries, max(pgd_steps, 1),
+                                                pgd_step_size)
+        except ValueError as error:
+            raise LipregError(f"evaluation: {error}") from None
+        self.ensemble = list(ensemble)
         self.noise_sigmas = list(noise_sigmas)
         self.noise_clamp = noise_clamp
         self.fgsm_epsilons = list(fgsm_epsilons)
@@ -125,6 +124,7 @@ class RobustnessEvaluation(L.Callback):
         self.seed = seed
         self.output_dir = output_dir
         self.result: dict[str, Any] | None = None
+        self.image_inputs = True
 
     # ------------------------------------------------------------------ pieces
     def curves(self) -> dict[str, list[float]]:
@@ -147,13 +147,53 @@ class RobustnessEvaluation(L.Callback):
         return pgd(module.net, x, y, parameter, self.pgd_step_size, self.pgd_steps, self.pgd_norm, step_kind, loss,
                    box, random_start=False, restarts=self.pgd_restarts, generator=generator)
 
+    def members(self, task: str) -> list[str]:
+        """The ensemble's attacks for ``task`` (regression: APGD on the squared error). Square needs
+        image inputs ``[C, H, W]`` and is left out for flat ones."""
+        if not self.pgd_epsilons:
+            return []
+        if task == "regression":
+            return ["apgd-mse"]
+        return [name for name in self.ensemble if name != "square" or self.image_inputs]
+
+    def describe_ensemble(self, task: str) -> list[str]:
+        """What the robust accuracy is the worst case over, with budgets, in the order they run."""
+        norm = self.pgd_norm.upper().replace("INF", "∞")
+        loss = "CE" if task == "classification" else "MSE"
+        described = []
+        if self.pgd_steps > 0:
+            described.append(f"PGD-{norm} ({loss}, {self.pgd_steps} steps of {self.pgd_step_size:g})")
+            if "pgd_sign" in self.curves():
+                described.append(f"PGD-{norm} sign steps, eq. (13) ({loss}, {self.pgd_steps} steps)")
+        return described + [self.attack_budget.describe(name) for name in self.members(task)]
+
+    def robust_samples(self, module: LipRegModule, epsilon: float, x: Tensor, y: Tensor, clean: Tensor,
+                       pgd_scores: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-sample robust correctness (regression: worst-case squared error) at ε, and how many
+        samples each stage broke (``clean``: misclassified already, ``pgd``: the PGD columns)."""
+        attacks = [(name, ensemble_attack(name, module.net, epsilon, self.pgd_norm, self.attack_budget,
+                                          module.input_box, self.generator)) for name in self.members(module.task)]
+        if module.task == "regression":
+            worst = torch.stack([clean, *pgd_scores]).amax(dim=0)
+            return worst_case_error(module.net, x, y, attacks, worst), {}
+        survived_pgd = torch.stack([clean, *pgd_scores]).amin(dim=0).bool()
+        robust, broken_by = robust_under_ensemble(module.net, x, y, attacks, survived_pgd)
+        counts = {"clean": (clean == 0).sum(), "pgd": (clean.bool() & ~survived_pgd).sum()}
+        counts.update({name: torch.tensor(count) for name, count in broken_by.items()})
+        return robust.float(), counts
+
     # ------------------------------------------------------------------ hooks
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, LipRegModule):
             raise LipregError(f"RobustnessEvaluation works with lipreg methods, not {type(pl_module).__name__}")
-        _require_gradients(self, "testing")
+        require_gradients(self, "testing")
         device = pl_module.device
+        self.image_inputs = len(getattr(trainer.datamodule, "input_shape", (1, 1, 1))) == 3
         self.metrics = {(c, p): epoch_mean().to(device) for c, values in self.curves().items() for p in values}
+        self.robust_metrics = {e: epoch_mean().to(device) for e in self.pgd_epsilons}
+        stages = ["clean", "pgd", *self.members(pl_module.task)] if pl_module.task == "classification" else []
+        self.broken_metrics = {(e, stage): SumMetric(nan_strategy="disable").to(device)
+                               for e in self.pgd_epsilons for stage in stages}
         self.clean_subset = epoch_mean().to(device)
         self.test_samples = SumMetric(nan_strategy="disable").to(device)
         self.certified_metrics = {r: epoch_mean().to(device) for r in self.certified_radii}
@@ -180,13 +220,23 @@ class RobustnessEvaluation(L.Callback):
         module: LipRegModule = pl_module
         with torch.no_grad():
             logits = module.net(x)
-        self.clean_subset.update(_scores(module, logits, y))
+        clean = per_sample_scores(module, logits, y)
+        self.clean_subset.update(clean)
         for radius, metric in self.certified_metrics.items():
             metric.update(certified(logits, y, self.upper, radius).float())
+        pgd_scores: dict[float, list[Tensor]] = {epsilon: [] for epsilon in self.pgd_epsilons}
         for (curve, parameter), metric in self.metrics.items():
             perturbed = self.perturb(module, curve, parameter, x, y, self.generator)
             with torch.no_grad():
-                metric.update(_scores(module, module.net(perturbed), y))
+                scores = per_sample_scores(module, module.net(perturbed), y)
+            metric.update(scores)
+            if curve in PGD_CURVES:
+                pgd_scores[parameter].append(scores)
+        for epsilon, metric in self.robust_metrics.items():
+            robust, broken = self.robust_samples(module, epsilon, x, y, clean, pgd_scores[epsilon])
+            metric.update(robust)
+            for stage, count in broken.items():
+                self.broken_metrics[(epsilon, stage)].update(count.float().to(x.device))
 
     def _train_score(self, trainer: L.Trainer, module: LipRegModule) -> float | None:
         splits = getattr(trainer.datamodule, "splits", None)
@@ -197,7 +247,7 @@ class RobustnessEvaluation(L.Callback):
         with torch.no_grad():
             for start in range(trainer.global_rank * 1000, len(x), 1000 * trainer.world_size):
                 xb, yb = x[start : start + 1000].to(module.device), y[start : start + 1000].to(module.device)
-                metric.update(_scores(module, module.net(xb), yb))
+                metric.update(per_sample_scores(module, module.net(xb), yb))
         return float(metric.compute())
 
     def _lower_bound(self, trainer: L.Trainer, module: LipRegModule) -> float:
@@ -206,8 +256,8 @@ class RobustnessEvaluation(L.Callback):
         box = module.input_box
         scale = 0.05 * (box[1] - box[0]) if box is not None else 0.05
         generator = torch.Generator(device=module.device).manual_seed(self.seed)
-        u, v = noisy_pairs(x, scale, box=box, generator=generator)
-        return float(lipschitz_lower_bound(module.net, u, v, steps=self.lipschitz_steps, step_size=1.0, box=box))
+        pairs = noisy_pairs(x, scale, box=box, generator=generator)
+        return float(lipschitz_lower_bound(module.net, pairs, steps=self.lipschitz_steps, step_size=1.0, box=box))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         module: LipRegModule = pl_module
@@ -224,14 +274,23 @@ class RobustnessEvaluation(L.Callback):
             "clean": float(clean.compute()),
             "clean_subset": float(self.clean_subset.compute()),
             "train": self._train_score(trainer, module),
-            "curves": {},
+            "curves": {"robust": [[e, float(m.compute())] for e, m in self.robust_metrics.items()]}
+            if self.robust_metrics else {},
+            "ensemble": {
+                "norm": self.pgd_norm,
+                "attacks": self.describe_ensemble(module.task),
+                "broken_by": {f"{e:g}": {stage: int(m.compute()) for (eps, stage), m in self.broken_metrics.items()
+                                         if eps == e} for e in self.pgd_epsilons} if self.broken_metrics else {},
+            },
             "lipschitz": {"lower": self._lower_bound(trainer, module), "upper": self.upper},
             "certified": [[r, float(m.compute())] for r, m in self.certified_metrics.items()],
             "coefficient": {module.coefficient_name: float(module.lam)} if module.is_regularised else {},
             "settings": {"pgd_steps": self.pgd_steps, "pgd_step_size": self.pgd_step_size, "pgd_norm": self.pgd_norm,
-                         "fgsm_norm": self.fgsm_norm, "pgd_restarts": self.pgd_restarts},
+                         "fgsm_norm": self.fgsm_norm, "pgd_restarts": self.pgd_restarts,
+                         "apgd_steps": self.attack_budget.apgd_steps, "apgd_targets": self.attack_budget.apgd_targets,
+                         "square_queries": self.attack_budget.square_queries},
         }
-        logged = {}
+        logged = {f"test/robust_{short}@{e:g}": value for e, value in result["curves"].get("robust", [])}
         for (curve, parameter), metric in self.metrics.items():
             value = float(metric.compute())
             result["curves"].setdefault(curve, []).append([parameter, value])
@@ -253,6 +312,9 @@ class RobustnessEvaluation(L.Callback):
         paths = write_results(result, directory)
         print(f"\nRobustness of {result['method']} ({result['checkpoint'] or 'current weights'})")
         print(format_table([result]))
+        summary = ensemble_summary(result)
+        if summary:
+            print(summary)
         print("wrote " + ", ".join(str(p) for p in paths))
         figure = robustness_figure([result])
         for logger in trainer.loggers:
@@ -260,56 +322,3 @@ class RobustnessEvaluation(L.Callback):
             if hasattr(experiment, "add_figure"):
                 experiment.add_figure("test/robustness", figure, global_step=trainer.global_step)
         plt.close(figure)
-
-
-class PGDValidation(L.Callback):
-    """PGD accuracy on the validation split, logged as ``val/pgd_acc`` (regression: ``val/pgd_mse``).
-
-    Runs at every validation (choose how often with ``trainer.check_val_every_n_epoch``), on the
-    first ``sample_size`` validation samples. A ``ModelCheckpoint`` monitoring ``val/pgd_acc`` (mode
-    ``max``) then keeps the most robust checkpoint, as the CLIP paper does. Needs
-    ``trainer.inference_mode: false``.
-    """
-
-    def __init__(
-        self,
-        epsilon: float = 2.0,
-        step_size: float = 0.25,
-        steps: int = 7,
-        norm: Norm = "l2",
-        sign_steps: bool = False,
-        sample_size: int | None = None,
-    ) -> None:
-        if epsilon < 0 or step_size <= 0 or steps < 1:
-            raise LipregError(f"need epsilon >= 0, step_size > 0, steps >= 1; got {epsilon}, {step_size}, {steps}")
-        if sample_size is not None and sample_size < 1:
-            raise LipregError(f"sample_size must be >= 1, got {sample_size}")
-        self.epsilon = epsilon
-        self.step_size = step_size
-        self.steps = steps
-        self.norm = norm
-        self.sign_steps = sign_steps
-        self.sample_size = sample_size
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _require_gradients(self, "validation")
-        self.metric = epoch_mean().to(pl_module.device)
-        self.budget = SampleBudget(self.sample_size, trainer)
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                                batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = self.budget.take(*batch)
-        if len(x) == 0:
-            return
-        module: LipRegModule = pl_module
-        loss = per_sample_cross_entropy if module.task == "classification" else per_sample_squared_error
-        adversarial = pgd(module.net, x, y, self.epsilon, self.step_size, self.steps, self.norm,
-                          "sign" if self.sign_steps else "steepest", loss, module.input_box)
-        with torch.no_grad():
-            self.metric.update(_scores(module, module.net(adversarial), y))
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.metric.update_count == 0:
-            return
-        name = "val/pgd_acc" if pl_module.task == "classification" else "val/pgd_mse"
-        pl_module.log(name, self.metric.compute(), sync_dist=True)

@@ -19,7 +19,7 @@ from lipreg.functional.penalties import (
     mean_quotient,
     squared_parameter_norm,
 )
-from lipreg.functional.quotients import difference_quotients
+from lipreg.functional.quotients import difference_quotients, pair_quotients, stack_pairs
 from lipreg.functional.schedules import decay_epsilon, discrepancy_step, warmup_finished
 
 __all__ = [
@@ -38,10 +38,12 @@ __all__ = [
     "max_quotient",
     "mean_quotient",
     "noisy_pairs",
+    "pair_quotients",
     "pgd",
     "project_onto_ball",
     "project_onto_sphere",
     "random_direction_pairs",
     "squared_parameter_norm",
+    "stack_pairs",
     "warmup_finished",
 ]

@@ -10,38 +10,30 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from lipreg.functional.losses import LossFn, per_sample_cross_entropy
 from lipreg.functional.pairs import Box, project_onto_ball
 from lipreg.functional.quotients import MIN_DISTANCE, differentiable_copy, sample_norm
 
 Norm = Literal["l2", "linf"]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy of each sample: ``[B, C], [B] -> [B]``."""
-    return F.cross_entropy(logits, target, reduction="none")
-
-
-def per_sample_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error of each sample over its output dimensions: ``[B, ...] -> [B]``."""
-    return (prediction - target).square().flatten(1).mean(dim=1)
-
-
-def _check(epsilon: float, norm: str) -> None:
+def check_attack(epsilon: float, norm: str) -> None:
+    """Reject a negative radius or an unknown norm, naming the bad value."""
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
 
 
-def _clamp(x: Tensor, box: Box | None) -> Tensor:
+def clamp_to_box(x: Tensor, box: Box | None) -> Tensor:
+    """``x`` clamped to the input box (unchanged when ``box`` is ``None``)."""
     return x if box is None else x.clamp(box[0], box[1])
 
 
-def _broadcast(values: Tensor, like: Tensor) -> Tensor:
+def per_sample_view(values: Tensor, like: Tensor) -> Tensor:
+    """A ``[B]`` tensor viewed as ``[B, 1, …]`` so it broadcasts over the samples of ``like``."""
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -54,11 +46,11 @@ def _loss_gradient(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss
     return losses.detach(), grad
 
 
-def _steepest_step(grad: Tensor, norm: Norm) -> Tensor:
+def steepest_direction(grad: Tensor, norm: Norm) -> Tensor:
     """The unit-norm steepest-ascent direction: ``sign(g)`` for L∞, ``g / ‖g‖₂`` for L2."""
     if norm == "linf":
         return grad.sign()
-    return grad / _broadcast(sample_norm(grad).clamp_min(MIN_DISTANCE), grad)
+    return grad / per_sample_view(sample_norm(grad).clamp_min(MIN_DISTANCE), grad)
 
 
 def _random_start(x: Tensor, epsilon: float, norm: Norm, generator: torch.Generator | None) -> Tensor:
@@ -66,10 +58,10 @@ def _random_start(x: Tensor, epsilon: float, norm: Norm, generator: torch.Genera
     if norm == "linf":
         return x + (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * epsilon
     direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = direction / _broadcast(sample_norm(direction).clamp_min(MIN_DISTANCE), x)
+    direction = direction / per_sample_view(sample_norm(direction).clamp_min(MIN_DISTANCE), x)
     dim = x[0].numel()
     radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dim) * epsilon
-    return x + direction * _broadcast(radius, x)
+    return x + direction * per_sample_view(radius, x)
 
 
 def gaussian_noise(
@@ -79,7 +71,7 @@ def gaussian_noise(
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return _clamp(x + sigma * noise, box)
+    return clamp_to_box(x + sigma * noise, box)
 
 
 def fgsm(
@@ -100,13 +92,13 @@ def fgsm(
     with ``s = sign`` for L∞ and ``s(g) = g/‖g‖₂`` for L2. With ``random_start`` the gradient is
     taken at a uniform point of the ε-ball and the result projected back into it (Wong et al., 2020).
     """
-    _check(epsilon, norm)
-    start = _clamp(_random_start(x, epsilon, norm, generator), box) if random_start else x
+    check_attack(epsilon, norm)
+    start = clamp_to_box(_random_start(x, epsilon, norm, generator), box) if random_start else x
     _, grad = _loss_gradient(model, start, y, loss_fn)
-    adversarial = start + epsilon * _steepest_step(grad, norm)
+    adversarial = start + epsilon * steepest_direction(grad, norm)
     if random_start:
         adversarial = project_onto_ball(adversarial, x, epsilon, p=2.0 if norm == "l2" else float("inf"))
-    return _clamp(adversarial, box).detach()
+    return clamp_to_box(adversarial, box).detach()
 
 
 def _pgd_step_(
@@ -121,12 +113,12 @@ def _pgd_step_(
     if step_kind == "sign" or norm == "linf":
         adversarial.add_(grad.sign_(), alpha=step_size)
     else:  # x + α·g/‖g‖ in one pass
-        adversarial.addcmul_(grad, _broadcast(step_size / sample_norm(grad).clamp_min_(MIN_DISTANCE), grad))
+        adversarial.addcmul_(grad, per_sample_view(step_size / sample_norm(grad).clamp_min_(MIN_DISTANCE), grad))
     delta = adversarial.sub_(x)
     if norm == "linf":
         delta.clamp_(-epsilon, epsilon)
     else:
-        delta.mul_(_broadcast(torch.clamp(epsilon / sample_norm(delta).clamp_min_(MIN_DISTANCE), max=1.0), delta))
+        delta.mul_(per_sample_view(torch.clamp(epsilon / sample_norm(delta).clamp_min_(MIN_DISTANCE), max=1.0), delta))
     adversarial = delta.add_(x)
     return adversarial if box is None else adversarial.clamp_(box[0], box[1])
 
@@ -156,14 +148,14 @@ def pgd(
     The projection is per sample. With several ``restarts`` (random starts after the first,
     which starts at ``x`` unless ``random_start``) each sample keeps its highest-loss result.
     """
-    _check(epsilon, norm)
+    check_attack(epsilon, norm)
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     x = x.detach()
     best, best_loss = x, None
     for restart in range(restarts):
         start_random = random_start or restart > 0
-        adversarial = _clamp(_random_start(x, epsilon, norm, generator), box) if start_random else x.clone()
+        adversarial = clamp_to_box(_random_start(x, epsilon, norm, generator), box) if start_random else x.clone()
         for _ in range(steps):
             _, grad = _loss_gradient(model, adversarial, y, loss_fn)
             adversarial = _pgd_step_(adversarial, grad, x, epsilon, step_size, norm, step_kind, box)
@@ -175,6 +167,6 @@ def pgd(
             best, best_loss = adversarial, losses
         else:
             better = losses > best_loss
-            best = torch.where(_broadcast(better, x), adversarial, best)
+            best = torch.where(per_sample_view(better, x), adversarial, best)
             best_loss = torch.where(better, losses, best_loss)
     return best.detach()

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipreg.functional.losses import logit_margin
 from lipreg.functional.pairs import Box, ascend_pairs
-from lipreg.functional.quotients import MIN_DISTANCE, difference_quotients
+from lipreg.functional.quotients import MIN_DISTANCE, pair_quotients
 
 #: Lipschitz constants of parameter-free layers with respect to the L2 norm.
 _ACTIVATION_CONSTANTS: dict[type[nn.Module], float] = {
@@ -23,19 +24,20 @@ _ACTIVATION_CONSTANTS: dict[type[nn.Module], float] = {
 
 def lipschitz_lower_bound(
     model: Callable[[Tensor], Tensor],
-    u: Tensor,
-    v: Tensor,
+    pairs: Tensor,
     steps: int = 50,
     step_size: float = 1.0,
     box: Box | None = None,
 ) -> Tensor:
-    """The largest difference quotient found by adaptive pair ascent from the pairs ``(u, v)``.
+    """The largest difference quotient found by adaptive pair ascent from the pair set ``pairs`` (``[2, P, ...]``).
 
     Every quotient is attained, so the result is a certified lower bound of ``Lip(f)`` (eq. (3)).
     """
-    result = ascend_pairs(model, u, v, step_size, steps=steps, box=box, adaptive=True)
+    result = ascend_pairs(model, pairs, step_size, steps=steps, box=box, adaptive=True)
+    if result.quotients is not None:
+        return result.quotients.max()
     with torch.no_grad():
-        return difference_quotients(model, result.u, result.v).max()
+        return pair_quotients(model, result.pairs).max()
 
 
 def _power_iteration(
@@ -128,13 +130,6 @@ def _flatten_sequential(layers: nn.Module) -> list[nn.Module]:
     if isinstance(layers, nn.Sequential):
         return [leaf for child in layers for leaf in _flatten_sequential(child)]
     return [layers]
-
-
-def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
-    """``f_y(x) − max_{j≠y} f_j(x)`` per sample: positive exactly when the sample is classified correctly."""
-    true = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-    others = logits.scatter(1, target.unsqueeze(1), float("-inf"))
-    return true - others.max(dim=1).values
 
 
 def certified(logits: Tensor, target: Tensor, lipschitz_constant: float, radius: float) -> Tensor:

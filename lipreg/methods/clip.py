@@ -2,11 +2,13 @@
 
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from lipreg.errors import LipregError
-from lipreg.functional import ascend_pairs, box_pairs, difference_quotients, max_quotient, noisy_pairs
-from lipreg.functional.pairs import NoiseKind
+from lipreg.functional import ascend_pairs, box_pairs, max_quotient, noisy_pairs, pair_quotients
+from lipreg.functional.pairs import AscentResult, NoiseKind
 from lipreg.methods.base import LipRegModule, Penalty
 
 PairInit = Literal["heldout", "batch", "box"]
@@ -20,8 +22,8 @@ class CLIP(LipRegModule):
     pair set ``X_Lip`` takes ``ascent_steps`` steps of gradient ascent on its quotients
     (Algorithm 1), so it keeps tracking the pairs where the network is steepest.
 
-    The pair set is module state (buffers ``pair_u``, ``pair_v``, saved in checkpoints) that
-    persists across batches, except with ``pair_init="batch"``, where each batch brings its own:
+    The pair set is module state (``pairs``, ``[2, P, ...]``, saved in checkpoints) that persists
+    across batches, except with ``pair_init="batch"``, where each batch brings its own:
 
     - ``heldout``: the data module's held-out Lipschitz images and noisy copies (the paper: 6,000);
     - ``batch``: the current batch ``x`` and ``x + noise``;
@@ -30,6 +32,13 @@ class CLIP(LipRegModule):
     ``reinit_every_n_steps`` draws a fresh set every N steps (the regression experiment draws one a
     epoch). ``squared=True`` penalises ``max L²``, the CLIP reference code's variant.
     ``p`` is the norm on inputs and outputs (the paper uses Euclidean norms).
+
+    Cost: the penalty is a maximum, so its gradient flows through one pair. The quotients of the
+    moved pairs come from the ascent's own passes (adaptive steps; otherwise from one forward pass
+    without a graph), and only the maximising pair goes through the network with a graph and back
+    to the parameters: the same value and gradient as back-propagating through every pair. A
+    network with batch normalisation in it (its output for a pair depends on the others) gets the
+    pass over every pair instead.
     """
 
     def __init__(
@@ -72,27 +81,39 @@ class CLIP(LipRegModule):
         self.p = p
         # The persistent pair set of this process: plain tensors, not buffers, because DDP would
         # overwrite every process's share with rank 0's; checkpoints gather all shares.
-        self.pair_u: Tensor | None = None
-        self.pair_v: Tensor | None = None
-        self.pair_step: Tensor | None = None
+        self.pairs: Tensor | None = None  # [2, P, ...]
+        self.pair_step: Tensor | None = None  # [P]
+        self.batch_dependent = any(isinstance(m, _BatchNorm) for m in net.modules())
 
-    def reduce(self, quotients: Tensor, maxima: Tensor | None = None) -> Tensor:
-        """How the pair quotients become one number: their maximum over all processes (eq. (5)).
+    def reduce(self, moved: AscentResult) -> Penalty:
+        """The penalty of the moved pair set: the maximum quotient over all processes (eq. (5)).
 
-        Under DDP each process holds a share of the pair set and ``maxima`` holds every process's
-        largest quotient (``[world]``). The penalty's value is the maximum over all shares, and
+        The quotients (from the ascent's passes, or one forward without a graph) locate the
+        maximising pair; only that pair goes through the network with a graph (every pair for a
+        batch-dependent network). Under DDP each process holds a share of the pair set; the
+        penalty's value is the maximum over all shares (one all-gather of the local maxima), and
         only the process that holds it contributes a gradient, scaled by the number of processes
         so that DDP's gradient averaging yields ``∇ max`` — the meaning of a single-process run.
         """
-        local = max_quotient(quotients, self.squared)
-        if maxima is None:
-            return local
-        top = max_quotient(maxima, self.squared)
+        quotients = moved.quotients
+        if quotients is None:
+            with torch.no_grad():
+                quotients = pair_quotients(self.net, moved.pairs, self.p)  # [P]
+        lip = quotients.max()
+        if self.batch_dependent:
+            local = max_quotient(pair_quotients(self.net, moved.pairs, self.p), self.squared)
+        else:
+            top_pair = moved.pairs.index_select(1, quotients.argmax().view(1))  # [2, 1, ...]: no host sync
+            local = max_quotient(pair_quotients(self.net, top_pair, self.p), self.squared)
+        if not self.distributed:
+            return Penalty(local, lip)
+        maxima = self.all_gather(lip)  # [world]: one collective a step
         owner = (maxima.argmax() == self.global_rank).to(local.dtype)
-        return top + (local - local.detach()) * owner * self.trainer.world_size
+        value = max_quotient(maxima, self.squared) + (local - local.detach()) * owner * self.trainer.world_size
+        return Penalty(value, maxima.max())
 
-    def initial_pairs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """A fresh pair set for the batch ``x`` according to ``pair_init``."""
+    def initial_pairs(self, x: Tensor) -> Tensor:
+        """A fresh pair set ``[2, P, ...]`` for the batch ``x`` according to ``pair_init``."""
         generator = self.step_generator(x.device)
         if self.pair_init == "batch":
             centres = x[: self.num_pairs] if self.num_pairs else x
@@ -114,34 +135,30 @@ class CLIP(LipRegModule):
         share = held_out[self.global_rank : per_process * world : world]
         return noisy_pairs(share.to(x.device), self.noise_scale, self.noise, self.input_box, generator)
 
-    def _pairs_for_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
+    def _pairs_for_step(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
         fresh = (
             self.pair_init == "batch"
-            or self.pair_u is None
+            or self.pairs is None
             or (self.reinit_every_n_steps is not None and self.global_step % self.reinit_every_n_steps == 0)
         )
         if fresh:
-            u, v = self.initial_pairs(x)
-            return u, v, self.step_size
-        return self.pair_u.to(x.device), self.pair_v.to(x.device), self.pair_step.to(x.device)
+            return self.initial_pairs(x), self.step_size
+        return self.pairs.to(x.device), self.pair_step.to(x.device)
 
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
-        u, v, step = self._pairs_for_step(x)
+        pairs, step = self._pairs_for_step(x)
         moved = ascend_pairs(
-            self.net, u, v, step, steps=self.ascent_steps, p=self.p, box=self.input_box, adaptive=self.adaptive_step
+            self.net, pairs, step, steps=self.ascent_steps, p=self.p, box=self.input_box, adaptive=self.adaptive_step
         )
         if self.pair_init != "batch":
-            self.pair_u, self.pair_v, self.pair_step = moved.u, moved.v, moved.step_size
-        quotients = difference_quotients(self.net, moved.u, moved.v, self.p)  # [P]
-        lip = quotients.detach().max()
-        maxima = self.all_gather(lip) if self.distributed else None  # [world]: one collective a step
-        return Penalty(self.reduce(quotients, maxima), lip if maxima is None else maxima.max())
+            self.pairs, self.pair_step = moved.pairs, moved.step_size
+        return self.reduce(moved)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.pair_u is None:
+        if self.pairs is None:
             return
-        shares = [self.pair_u, self.pair_v, self.pair_step]
+        shares = [self.pairs[0], self.pairs[1], self.pair_step]
         if self.distributed:
             shares = [self.all_gather(share) for share in shares]  # [world, P, ...]
         else:
@@ -161,4 +178,5 @@ class CLIP(LipRegModule):
                 return stacked[rank]
             return stacked.flatten(0, 1)[rank::world]  # otherwise the whole set, re-dealt
 
-        self.pair_u, self.pair_v, self.pair_step = (own_share(saved[k]) for k in ("u", "v", "step"))
+        u, v, self.pair_step = (own_share(saved[k]) for k in ("u", "v", "step"))
+        self.pairs = torch.stack([u, v])

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 from lipreg.errors import LipregError
 from lipreg.functional import fgsm
-from lipreg.functional.attacks import Norm, per_sample_cross_entropy, per_sample_squared_error
+from lipreg.functional.attacks import Norm
+from lipreg.functional.losses import per_sample_cross_entropy, per_sample_squared_error
 from lipreg.methods.base import LipRegModule
 
 

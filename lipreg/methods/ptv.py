@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lipreg.errors import LipregError
-from lipreg.functional import ascend_pairs, difference_quotients, mean_quotient, project_onto_sphere
+from lipreg.functional import ascend_pairs, mean_quotient, pair_quotients, project_onto_sphere, stack_pairs
 from lipreg.methods.base import LipRegModule, Penalty
 
 
@@ -48,6 +48,7 @@ class PTV(LipRegModule):
         def onto_sphere(points: Tensor) -> Tensor:
             return project_onto_sphere(points, centres, self.epsilon)
 
-        moved = ascend_pairs(self.net, x, partner, self.step_size, steps=1, box=self.input_box, project=onto_sphere)
-        quotients = difference_quotients(self.net, moved.u, moved.v)  # [B]
+        moved = ascend_pairs(self.net, stack_pairs(x, partner), self.step_size, steps=1, box=self.input_box,
+                             project=onto_sphere)
+        quotients = pair_quotients(self.net, moved.pairs)  # [B]
         return Penalty(mean_quotient(quotients), quotients.detach().max())

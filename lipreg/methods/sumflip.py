@@ -1,8 +1,8 @@
 """SumFLIP: CLIP with the mean instead of the maximum over the pair set (FLIP slides, "Max & Sum")."""
 
-from torch import Tensor
-
-from lipreg.functional import mean_quotient
+from lipreg.functional import mean_quotient, pair_quotients
+from lipreg.functional.pairs import AscentResult
+from lipreg.methods.base import Penalty
 from lipreg.methods.clip import CLIP
 
 
@@ -13,6 +13,14 @@ class SumFLIP(CLIP):
     (same pair sets, ascent and options; ``squared=True`` averages ``L²``).
     """
 
-    def reduce(self, quotients: Tensor, maxima: Tensor | None = None) -> Tensor:
-        # a mean of equal shares needs no collective: DDP's gradient averaging gives the global mean
-        return mean_quotient(quotients.square() if self.squared else quotients)
+    def reduce(self, moved: AscentResult) -> Penalty:
+        """The mean over every pair, each through the network with a graph.
+
+        A mean of equal shares needs no collective for its gradient: DDP's averaging gives the
+        global mean; the logged maximum is gathered over processes.
+        """
+        quotients = pair_quotients(self.net, moved.pairs, self.p)  # [P]
+        lip = quotients.detach().max()
+        if self.distributed:
+            lip = self.all_gather(lip).max()
+        return Penalty(mean_quotient(quotients.square() if self.squared else quotients), lip)

@@ -8,11 +8,12 @@ from torch import Tensor, nn
 from lipreg.errors import LipregError
 from lipreg.functional import (
     ascend_pairs,
-    difference_quotients,
     jacobian_spectral_norm,
     mean_quotient,
+    pair_quotients,
     project_onto_ball,
     random_direction_pairs,
+    stack_pairs,
 )
 from lipreg.methods.base import LipRegModule, Penalty
 
@@ -65,8 +66,7 @@ class TV(LipRegModule):
             return project_onto_ball(points, centres, self.epsilon)
 
         partner = random_direction_pairs(x, self.epsilon, generator)
-        moved = ascend_pairs(
-            self.net, x, partner, self.step_size, steps=self.ascent_steps, box=self.input_box, project=into_ball
-        )
-        quotients = difference_quotients(self.net, moved.u, moved.v)  # [B]
+        moved = ascend_pairs(self.net, stack_pairs(x, partner), self.step_size, steps=self.ascent_steps,
+                             box=self.input_box, project=into_ball)
+        quotients = pair_quotients(self.net, moved.pairs)  # [B]
         return Penalty(mean_quotient(quotients), quotients.detach().max())

@@ -6,7 +6,7 @@ import torchattacks  # the oracle; installed by the README's test command (pip i
 from torch import nn
 
 from lipreg.functional import fgsm, gaussian_noise, pgd
-from lipreg.functional.attacks import per_sample_squared_error
+from lipreg.functional.losses import per_sample_squared_error
 from lipreg.functional.quotients import sample_norm
 from lipreg.nets import MLP
 

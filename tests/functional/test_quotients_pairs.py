@@ -13,6 +13,7 @@ from lipreg.functional import (
     project_onto_ball,
     project_onto_sphere,
     random_direction_pairs,
+    stack_pairs,
 )
 from lipreg.functional.quotients import sample_norm
 
@@ -74,7 +75,7 @@ def test_ascent_reaches_the_linear_maps_constant_within_one_percent():
     f, sigma = linear_map(seed=1, shape=(6, 10))
     u, v = noisy_pairs(torch.randn(64, 10), scale=0.5, generator=torch.Generator().manual_seed(0))
     start = difference_quotients(f, u, v).max().item()
-    result = ascend_pairs(f, u, v, step_size=0.1, steps=200, adaptive=True)
+    result = ascend_pairs(f, stack_pairs(u, v), step_size=0.1, steps=200, adaptive=True)
     reached = difference_quotients(f, result.u, result.v).max().item()
     assert start < 0.99 * sigma
     assert reached == pytest.approx(sigma, rel=0.01) and reached <= sigma * (1 + 1e-5)
@@ -83,7 +84,7 @@ def test_ascent_reaches_the_linear_maps_constant_within_one_percent():
 def test_ascent_finds_lipschitz_one_for_the_abs_network_whose_layer_bound_is_two():
     f = abs_network()
     u, v = noisy_pairs(torch.rand(32, 1) * 4 - 2, scale=0.3, generator=torch.Generator().manual_seed(1))
-    result = ascend_pairs(f, u, v, step_size=0.05, steps=100, adaptive=True)
+    result = ascend_pairs(f, stack_pairs(u, v), step_size=0.05, steps=100, adaptive=True)
     estimate = difference_quotients(f, result.u, result.v).max().item()
     assert estimate == pytest.approx(1.0, rel=0.01) and estimate <= 1.0 + 1e-6
 
@@ -92,7 +93,7 @@ def test_fixed_step_ascent_does_not_lower_quotients_on_a_linear_map():
     f, _ = linear_map(seed=2)
     u, v = torch.randn(50, 8), torch.randn(50, 8)
     before = difference_quotients(f, u, v)
-    result = ascend_pairs(f, u, v, step_size=0.01, steps=3)
+    result = ascend_pairs(f, stack_pairs(u, v), step_size=0.01, steps=3)
     after = difference_quotients(f, result.u, result.v)
     assert (after >= before - 1e-6).all() and (after > before + 1e-4).any()
 
@@ -102,7 +103,7 @@ def test_adaptive_ascent_never_lowers_a_pair_and_adapts_step_sizes():
     f = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2))
     u, v = torch.randn(40, 3), torch.randn(40, 3)
     before = difference_quotients(f, u, v)
-    result = ascend_pairs(f, u, v, step_size=5.0, steps=10, adaptive=True)
+    result = ascend_pairs(f, stack_pairs(u, v), step_size=5.0, steps=10, adaptive=True)
     after = difference_quotients(f, result.u, result.v)
     assert (after >= before - 1e-5).all()
     assert result.step_size.shape == (40,) and not torch.all(result.step_size == 5.0)
@@ -112,7 +113,7 @@ def test_ascent_uses_no_backward_so_parameter_gradients_stay_untouched():
     f, _ = linear_map()
     for p in f.parameters():
         p.grad = torch.full_like(p, 7.0)
-    ascend_pairs(f, torch.randn(5, 8), torch.randn(5, 8), step_size=0.1, steps=2, adaptive=True)
+    ascend_pairs(f, torch.randn(2, 5, 8), step_size=0.1, steps=2, adaptive=True)
     assert all(torch.all(p.grad == 7.0) for p in f.parameters())
 
 
@@ -121,7 +122,7 @@ def test_ascent_respects_box_and_projection():
     x = torch.rand(20, 8)
     centres = torch.cat([x, x])
     u, v = x.clone(), random_direction_pairs(x, 0.1)
-    result = ascend_pairs(f, u, v, step_size=10.0, steps=3, box=(0.0, 1.0),
+    result = ascend_pairs(f, stack_pairs(u, v), step_size=10.0, steps=3, box=(0.0, 1.0),
                           project=lambda pts: project_onto_ball(pts, centres, 0.1))
     for points in (result.u, result.v):
         assert points.min() >= 0 and points.max() <= 1

@@ -92,6 +92,6 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tmp_path: Path, 
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert resumed.lam.item() == straight.lam.item() and straight.lam.item() > 0
     if method == "CLIP":
-        assert straight.pair_u.numel() > 0 and torch.equal(straight.pair_u, resumed.pair_u)
+        assert straight.pairs.numel() > 0 and torch.equal(straight.pairs, resumed.pairs)
     else:
         assert resumed.epsilon.item() == pytest.approx(0.2 * 0.8**4)

@@ -74,14 +74,14 @@ def test_clip_pair_set_persists_across_steps_and_moves_uphill():
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=1)
     data = BlobsDataModule(lipschitz_size=40)
     trainer.fit(module, data)
-    assert module.pair_u.shape == (40, 2)
-    u_before, v_before = module.pair_u.clone(), module.pair_v.clone()
+    assert module.pairs.shape == (2, 40, 2)
+    u_before, v_before = module.pairs[0].clone(), module.pairs[1].clone()
     x = torch.rand(8, 2)
     module.penalty(x, torch.zeros(8, dtype=torch.long))
-    assert not torch.equal(module.pair_u, u_before)
+    assert not torch.equal(module.pairs[0], u_before)
     before = sample_norm(module.net(u_before) - module.net(v_before)) / sample_norm(u_before - v_before)
-    after = sample_norm(module.net(module.pair_u) - module.net(module.pair_v)) / sample_norm(
-        module.pair_u - module.pair_v)
+    after = sample_norm(module.net(module.pairs[0]) - module.net(module.pairs[1])) / sample_norm(
+        module.pairs[0] - module.pairs[1])
     assert after.max() >= before.max() - 1e-6
 
 

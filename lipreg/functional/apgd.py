@@ -1,0 +1,218 @@
+"""Auto-PGD (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", Algorithm 1), L2 and L∞, batched, with any per-sample loss.
+
+PGD with a fixed step size needs tuning per network; APGD starts with the step ``η = 2ε`` and
+halves it, per sample, at checkpoints where the loss has stopped rising, restarting from the best
+point found so far; its steps carry momentum 0.25. Samples for which ``is_adversarial`` holds are
+finished: they are dropped from the batch as the attack goes (it never changes the other samples'
+trajectories, which are independent), so an attack on a weak network costs little.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view, steepest_direction
+from lipreg.functional.losses import LossFn, misclassified, per_sample_cross_entropy, targeted_dlr_loss
+from lipreg.functional.pairs import Box, project_onto_ball
+from lipreg.functional.quotients import differentiable_copy, sample_norm
+
+#: APGD's momentum weight α (the step is α·(z − x) + (1 − α)·(x − x_prev); Croce & Hein use 0.75).
+MOMENTUM_WEIGHT = 0.75
+#: Compact the batch once this share of it is finished (besides every checkpoint).
+COMPACT_SHARE = 0.125
+
+AdversarialFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The step counts after which APGD checks each sample's progress (Croce & Hein, 2020, §3.2).
+
+    The first check comes after ``0.22·N`` steps; each interval is ``0.03·N`` shorter than the last
+    but at least ``0.06·N`` (in whole steps, at least 1), as in the authors' reference code.
+
+    Example:
+        >>> apgd_checkpoints(100)
+        [22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    interval, shrink, shortest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    checkpoints, at = [], interval
+    while at <= steps:
+        checkpoints.append(at)
+        interval = max(interval - shrink, shortest)
+        at += interval
+    return checkpoints
+
+
+def _random_start_on_boundary(x: Tensor, epsilon: float, norm: Norm, generator: torch.Generator | None) -> Tensor:
+    """A random point on the boundary of each ε-ball: ``ε·t/‖t‖₂`` (Gaussian ``t``) or ``ε·t/‖t‖∞`` (uniform)."""
+    if norm == "l2":
+        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    else:
+        t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    size = sample_norm(t, 2.0 if norm == "l2" else float("inf")).clamp_min(1e-12)
+    return x + t * per_sample_view(epsilon / size, x)
+
+
+class _State:
+    """The per-sample tensors of one APGD run, all ``[n, ...]`` over the samples still attacked."""
+
+    def __init__(self, **tensors: Tensor | None) -> None:
+        self.__dict__.update(tensors)
+
+    def keep(self, mask: Tensor) -> None:
+        """Drop every sample where ``mask`` is false."""
+        for name, value in self.__dict__.items():
+            if value is not None:
+                setattr(self, name, value[mask])
+
+
+def apgd(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    norm: Norm = "l2",
+    steps: int = 100,
+    loss_fn: LossFn = per_sample_cross_entropy,
+    rival: Tensor | None = None,
+    is_adversarial: AdversarialFn | None = misclassified,
+    box: Box | None = (0.0, 1.0),
+    rho: float = MOMENTUM_WEIGHT,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """APGD (Croce & Hein, 2020, Algorithm 1) from a random point on the ε-sphere.
+
+    .. math::
+        z^{k+1} = P(x^k + η^k s(∇ℓ(x^k))), \\quad
+        x^{k+1} = P(x^k + α(z^{k+1} − x^k) + (1 − α)(x^k − x^{k−1}))
+
+    with ``P`` the projection onto the ε-ball and the input box, ``s`` the norm's steepest direction,
+    ``α = 0.75`` (1 for the first step) and ``η⁰ = 2ε``. At each of :func:`apgd_checkpoints` a
+    sample's step size is halved, and it restarts from its best point, when its loss rose in at most
+    ``rho`` of the steps since the last checkpoint, or when its step size was not halved there and
+    its best loss has not improved since (eq. (4)).
+
+    Args:
+        loss_fn: the per-sample objective, ``loss_fn(logits, y)``, or ``loss_fn(logits, y, rival)``
+            when ``rival`` is given (targeted attacks, e.g. :func:`~lipreg.functional.losses.targeted_dlr_loss`).
+        is_adversarial: ``(logits, y) -> [B] bool``; a sample is finished once it holds at any
+            iterate, and that iterate is returned for it. ``None`` (regression): every sample runs
+            all steps and its highest-loss iterate is returned.
+
+    Returns:
+        Detached adversarial inputs: the first adversarial iterate where one was found, else the
+        iterate of highest loss.
+    """
+    check_attack(epsilon, norm)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+    def loss_and_gradient(points: Tensor, labels: Tensor, rivals: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.enable_grad():
+            points = differentiable_copy(points)
+            logits = model(points)
+            losses = loss_fn(logits, labels) if rivals is None else loss_fn(logits, labels, rivals)
+            (grad,) = torch.autograd.grad(losses.sum(), points)
+        return losses.detach(), grad, logits.detach()
+
+    def project(points: Tensor, centres: Tensor) -> Tensor:
+        return clamp_to_box(project_onto_ball(points, centres, epsilon, 2.0 if norm == "l2" else float("inf")), box)
+
+    x = x.detach()
+    start = clamp_to_box(_random_start_on_boundary(x, epsilon, norm, generator), box)
+    loss, grad, logits = loss_and_gradient(start, y, rival)
+    result = start.clone()
+    s = _State(
+        centre=x, current=start, previous=start, grad=grad, loss=loss, best=start, best_grad=grad, best_loss=loss,
+        step_size=torch.full_like(loss, 2 * epsilon), increases=torch.zeros_like(loss),
+        best_loss_at_check=loss, reduced_at_check=torch.ones_like(loss, dtype=torch.bool),
+        y=y, rival=rival, index=torch.arange(len(x), device=x.device),
+        done=torch.zeros_like(loss, dtype=torch.bool),
+    )
+
+    def record_adversarial(logits: Tensor) -> None:
+        if is_adversarial is None:
+            return
+        new = is_adversarial(logits, s.y) & ~s.done
+        if new.any():
+            result[s.index[new]] = s.current[new]
+            s.done = s.done | new
+
+    record_adversarial(logits)
+    checkpoints = set(apgd_checkpoints(steps))
+    last_check = 0
+    for k in range(steps):
+        if s.done.all():
+            break
+        with torch.no_grad():
+            weight = 1.0 if k == 0 else rho
+            step = steepest_direction(s.grad, norm) * per_sample_view(s.step_size, s.current)
+            z = project(s.current + step, s.centre)
+            moved = project(s.current + weight * (z - s.current) + (1 - weight) * (s.current - s.previous), s.centre)
+        s.previous, s.current = s.current, moved
+        last_loss = s.loss
+        s.loss, s.grad, logits = loss_and_gradient(s.current, s.y, s.rival)
+        record_adversarial(logits)
+        s.increases = s.increases + (s.loss > last_loss)
+        improved = s.loss > s.best_loss
+        s.best = torch.where(per_sample_view(improved, s.current), s.current, s.best)
+        s.best_grad = torch.where(per_sample_view(improved, s.grad), s.grad, s.best_grad)
+        s.best_loss = torch.where(improved, s.loss, s.best_loss)
+        if k + 1 in checkpoints:
+            oscillating = s.increases <= rho * (k + 1 - last_check)
+            stalled = ~s.reduced_at_check & (s.best_loss_at_check >= s.best_loss)
+            reduce = oscillating | stalled
+            s.step_size = torch.where(reduce, s.step_size / 2, s.step_size)
+            s.current = torch.where(per_sample_view(reduce, s.current), s.best, s.current)
+            s.grad = torch.where(per_sample_view(reduce, s.grad), s.best_grad, s.grad)
+            s.loss = torch.where(reduce, s.best_loss, s.loss)
+            s.reduced_at_check, s.best_loss_at_check = reduce, s.best_loss
+            s.increases = torch.zeros_like(s.increases)
+            last_check = k + 1
+        if is_adversarial is not None and (k + 1 in checkpoints or s.done.float().mean() >= COMPACT_SHARE):
+            s.keep(~s.done)
+    unfinished = ~s.done
+    result[s.index[unfinished]] = s.best[unfinished]
+    return result.detach()
+
+
+def apgd_targeted(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    norm: Norm = "l2",
+    steps: int = 100,
+    targets: int = 9,
+    box: Box | None = (0.0, 1.0),
+    rho: float = MOMENTUM_WEIGHT,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """APGD-T (Croce & Hein, 2020, §4): targeted APGD on the targeted DLR loss, one run per rival class.
+
+    The rivals are the ``targets`` classes (at most classes − 1) with the highest clean logits after
+    the top one (for a correctly classified sample: the other classes in order of their logits);
+    each run attacks only the samples that no earlier run has misclassified.
+    """
+    if targets < 1:
+        raise ValueError(f"targets must be >= 1, got {targets}")
+    x = x.detach()
+    with torch.no_grad():
+        logits = model(x)
+    targets = min(targets, logits.shape[1] - 1)
+    ranked = logits.argsort(dim=1, descending=True)  # [B, C]
+    result = x.clone()
+    robust = ~misclassified(logits, y)
+    for rank in range(1, targets + 1):
+        index = robust.nonzero().squeeze(1)
+        if len(index) == 0:
+            break
+        adversarial = apgd(model, x[index], y[index], epsilon, norm, steps, targeted_dlr_loss, ranked[index, rank],
+                           misclassified, box, rho, generator)
+        with torch.no_grad():
+            broken = misclassified(model(adversarial), y[index])
+        result[index] = adversarial
+        robust[index[broken]] = False
+    return result

@@ -1,0 +1,80 @@
+"""Per-sample objectives of the attacks: ``[B, C] logits, [B] labels -> [B]``, higher means more adversarial.
+
+Cross-entropy is a poor objective on a network with small logits: raising it spreads probability
+over many classes instead of pushing one rival above the true class. The margin loss (Carlini &
+Wagner, 2017) and the difference-of-logits ratio (DLR, Croce & Hein, 2020, eq. (5)) measure the
+distance to the decision boundary directly; DLR is also invariant to shifting and scaling the logits.
+"""
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Added to the DLR denominators (Croce & Hein, 2020) so a flat logit vector gives no division by 0.
+DLR_GUARD = 1e-12
+
+LossFn = Callable[..., Tensor]
+
+
+def per_sample_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of each sample: ``[B, C], [B] -> [B]``."""
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def per_sample_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of each sample over its output dimensions: ``[B, ...] -> [B]``."""
+    return (prediction - target).square().flatten(1).mean(dim=1)
+
+
+def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
+    """``f_y(x) − max_{j≠y} f_j(x)`` per sample: positive exactly when the sample is classified correctly."""
+    true = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    others = logits.scatter(1, target.unsqueeze(1), float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def margin_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """The Carlini–Wagner margin loss ``max_{j≠y} f_j(x) − f_y(x)``: positive exactly when misclassified.
+
+    Example:
+        >>> import torch
+        >>> margin_loss(torch.tensor([[2.0, 0.5, 1.0]]), torch.tensor([0]))
+        tensor([-1.])
+    """
+    return -logit_margin(logits, target)
+
+
+def dlr_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """The difference-of-logits ratio (Croce & Hein, 2020, eq. (5)), per sample:
+
+    .. math:: \\mathrm{DLR}(z, y) = -\\frac{z_y - \\max_{i \\ne y} z_i}{z_{\\pi_1} - z_{\\pi_3}}
+
+    with ``π`` the logits sorted in decreasing order. With two classes there is no ``π₃``: the
+    loss is then the margin loss.
+    """
+    if logits.shape[1] < 3:
+        return margin_loss(logits, target)
+    top = logits.topk(3, dim=1).values  # [B, 3]
+    return margin_loss(logits, target) / (top[:, 0] - top[:, 2] + DLR_GUARD)
+
+
+def targeted_dlr_loss(logits: Tensor, target: Tensor, rival: Tensor) -> Tensor:
+    """The targeted DLR (Croce & Hein, 2020, eq. (6)): pushes the ``rival`` class above the true class.
+
+    .. math:: -\\frac{z_y - z_t}{z_{\\pi_1} - (z_{\\pi_3} + z_{\\pi_4})/2}
+
+    With three classes ``π₃`` stands in for the mean of ``π₃`` and ``π₄``; with two, the
+    denominator is 1 (the loss is the margin loss towards the rival).
+    """
+    true = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    rival_logit = logits.gather(1, rival.unsqueeze(1)).squeeze(1)
+    if logits.shape[1] < 3:
+        return rival_logit - true
+    top = logits.topk(min(4, logits.shape[1]), dim=1).values  # [B, 3 or 4]
+    return (rival_logit - true) / (top[:, 0] - top[:, 2:].mean(dim=1) + DLR_GUARD)
+
+
+def misclassified(logits: Tensor, target: Tensor) -> Tensor:
+    """Whether each sample's predicted class differs from its label: ``[B]`` booleans."""
+    return logits.argmax(dim=1) != target

@@ -1,0 +1,190 @@
+"""Square Attack (Andriushchenko, Croce, Flammarion, Hein, 2020, "Square Attack: a query-efficient
+black-box adversarial attack via random search"), L∞ and L2, batched, gradient-free.
+
+Random search on the margin loss: each query changes one random square window of the image (per
+image its own window) and keeps the change if the margin ``f_y − max_{j≠y} f_j`` fell. It needs
+no gradient, so it is the ensemble's check that a robust network is not merely hiding its
+gradients. Images ``[B, C, H, W]`` only: the windows are squares of pixels.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view
+from lipreg.functional.losses import logit_margin
+from lipreg.functional.pairs import Box
+from lipreg.functional.quotients import sample_norm
+
+#: The iterations (out of 10,000, rescaled to the query budget) after which the window share p halves.
+HALVING_ITERATIONS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def window_share(p_init: float, iteration: int, queries: int) -> float:
+    """The share ``p`` of the image a window covers at ``iteration``: ``p_init`` halved at each of
+    :data:`HALVING_ITERATIONS` passed (Andriushchenko et al., 2020, §3; schedule rescaled to ``queries``).
+
+    Example:
+        >>> window_share(0.8, 0, 5000), window_share(0.8, 100, 5000)
+        (0.8, 0.2)
+    """
+    scaled = int(iteration / queries * 10000)
+    return p_init / 2 ** sum(scaled > k for k in HALVING_ITERATIONS)
+
+
+def _centred_rectangles(rows: int, cols: int, device: torch.device) -> Tensor:
+    """``Σ_{k ≥ d} 1/(k+1)²`` at each pixel, ``d`` its Chebyshev distance to the centre, unit L2 norm."""
+    r = torch.arange(rows, device=device)[:, None] - rows // 2
+    c = torch.arange(cols, device=device)[None, :] - cols // 2
+    distance = torch.maximum(r.abs(), c.abs())  # [rows, cols]
+    rings = max(rows // 2, cols // 2) + 1
+    weights = 1.0 / torch.arange(1, rings + 1, device=device, dtype=torch.float32) ** 2
+    tail_sums = weights.flip(0).cumsum(0).flip(0)  # tail_sums[d] = Σ_{k ≥ d} weights[k]
+    pattern = tail_sums[distance]
+    return pattern / pattern.norm()
+
+
+def square_pattern(size: int, device: torch.device) -> Tensor:
+    """The L2 attack's ``size × size`` update: centred rectangles, positive in the top half and
+    negative in the bottom half, unit L2 norm (Andriushchenko et al., 2020, Algorithm 3's η)."""
+    top = size // 2
+    pattern = torch.cat([_centred_rectangles(top, size, device), -_centred_rectangles(size - top, size, device)])
+    return pattern / pattern.norm()
+
+
+def _random_signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randint(0, 2, shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
+
+
+def _window_indices(count: int, size: int, height: int, width: int, like: Tensor,
+                    generator: torch.Generator | None) -> Tensor:
+    """``[count, s·s]`` flat pixel indices of one ``size × size`` window at a uniformly random place per image."""
+    top = torch.randint(0, height - size + 1, (count, 1, 1), generator=generator, device=like.device)
+    left = torch.randint(0, width - size + 1, (count, 1, 1), generator=generator, device=like.device)
+    offsets = torch.arange(size, device=like.device)
+    return ((top + offsets[:, None]) * width + left + offsets[None, :]).flatten(1)
+
+
+def _windows(images: Tensor, indices: Tensor) -> Tensor:
+    """The window of each image: ``[n, C, H, W]`` and ``[n, s·s]`` indices -> ``[n, C, s·s]``."""
+    return images.flatten(2).gather(2, indices[:, None, :].expand(-1, images.shape[1], -1))
+
+
+def _write_windows_(images: Tensor, indices: Tensor, values: Tensor) -> None:
+    """Write ``[n, C, s·s]`` values into each image's window, in place (``images`` contiguous)."""
+    images.view(*images.shape[:2], -1).scatter_(2, indices[:, None, :].expand(-1, images.shape[1], -1), values)
+
+
+def _l2_start(x: Tensor, epsilon: float, generator: torch.Generator | None) -> Tensor:
+    """A grid of ``h//5``-pixel blocks of the pattern with random signs, scaled to L2 norm ε."""
+    n, channels, height, width = x.shape
+    block = max(height // 5, 1)
+    blocks_down, blocks_across = height // block, width // block
+    signs = _random_signs((n, channels, blocks_down, blocks_across), x, generator)
+    tiles = signs[..., None, None] * square_pattern(block, x.device)  # [n, C, bd, ba, b, b]
+    grid = tiles.permute(0, 1, 2, 4, 3, 5).reshape(n, channels, blocks_down * block, blocks_across * block)
+    delta = torch.zeros_like(x)
+    top, left = (height - blocks_down * block) // 2, (width - blocks_across * block) // 2
+    delta[:, :, top : top + grid.shape[2], left : left + grid.shape[3]] = grid
+    return x + delta * per_sample_view(epsilon / sample_norm(delta).clamp_min(1e-12), x)
+
+
+def _linf_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
+                   generator: torch.Generator | None) -> Tensor:
+    """``best`` with one window set to ``x ± ε`` (one sign per channel), clamped to the box."""
+    n, channels, height, width = centre.shape
+    window = _window_indices(n, size, height, width, centre, generator)
+    signs = _random_signs((n, channels, 1), centre, generator)
+    proposal = best.clone()
+    _write_windows_(proposal, window, clamp_to_box(_windows(centre, window) + epsilon * signs, box))
+    return proposal
+
+
+def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
+                 generator: torch.Generator | None) -> Tensor:
+    """Algorithm 3 of the paper: the perturbation's mass in two random windows moves into the first,
+    which gets a new pattern; the whole perturbation is then rescaled to norm ε."""
+    n, channels, height, width = centre.shape
+    delta = best - centre
+    first = _window_indices(n, size, height, width, centre, generator)
+    second = _window_indices(n, size, height, width, centre, generator)
+    old = _windows(delta, first)  # [n, C, s·s]
+    old_norms = old.norm(dim=2, keepdim=True)  # per channel
+    in_windows = torch.zeros(n, height * width, device=centre.device, dtype=centre.dtype)
+    in_windows.scatter_(1, first, 1.0).scatter_(1, second, 1.0)  # W1 ∪ W2
+    both_norms = sample_norm(delta * in_windows.view(n, 1, height, width))  # [n]
+    free = (epsilon**2 - sample_norm(delta).square()).clamp_min(0.0)  # [n]
+    pattern = square_pattern(size, centre.device)
+    transposed = torch.rand(n, generator=generator, device=centre.device) < 0.5
+    patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())[:, None]  # [n, 1, s·s]
+    new = patterns * _random_signs((n, channels, 1), centre, generator) + old / (old_norms + 1e-12)
+    scale = (free / channels + both_norms.square()).sqrt()
+    new = new / (new.norm(dim=2, keepdim=True) + 1e-12) * scale[:, None, None]
+    delta.view(n, channels, -1).scatter_(2, second[:, None, :].expand(-1, channels, -1), 0.0)
+    _write_windows_(delta, first, new)
+    return clamp_to_box(centre + delta * per_sample_view(epsilon / sample_norm(delta).clamp_min(1e-12), delta), box)
+
+
+def square(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    norm: Norm = "l2",
+    queries: int = 5000,
+    p_init: float = 0.8,
+    box: Box | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Square Attack on the margin loss, untargeted, one query per remaining image per iteration.
+
+    .. math:: \\hat x \\leftarrow x' \\text{ if } m(x') < m(\\hat x), \\quad m(x) = f_y(x) − \\max_{j≠y} f_j(x)
+
+    ``x'`` is ``x̂`` with one random square window changed: for L∞ set to ``x ± ε`` (a random sign
+    per channel), for L2 by the paper's Algorithm 3; the window covers the share
+    :func:`window_share` of the image. An image leaves the search as soon as it is misclassified.
+    Starts: random ``±ε`` vertical stripes (L∞), a grid of the L2 pattern scaled to ε (L2).
+
+    Returns:
+        Detached inputs in the ε-ball and the box: the first misclassified point where one was
+        found, else the point of lowest margin.
+    """
+    check_attack(epsilon, norm)
+    if x.dim() != 4:
+        raise ValueError(f"square needs image batches [B, C, H, W], got shape {tuple(x.shape)}")
+    if queries < 1 or not 0 < p_init <= 1:
+        raise ValueError(f"need queries >= 1 and 0 < p_init <= 1, got {queries}, {p_init}")
+    x = x.detach()
+    n, channels, height, width = x.shape
+    with torch.no_grad():
+        if norm == "linf":
+            stripes = _random_signs((n, channels, 1, width), x, generator)
+            best = clamp_to_box(x + epsilon * stripes, box)
+        else:
+            best = clamp_to_box(_l2_start(x, epsilon, generator), box)
+        margin = logit_margin(model(best), y)
+        result = best.clone()
+        index = torch.arange(n, device=x.device)
+        centre, labels = x, y
+        for step in range(queries - 1):  # the start was the first query
+            robust = margin > 0
+            if not robust.all():
+                result[index[~robust]] = best[~robust]
+                index, centre, best, margin, labels = (t[robust] for t in (index, centre, best, margin, labels))
+            if len(index) == 0:
+                break
+            side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
+            if norm == "linf":
+                size = min(max(side, 1), height, width)
+                proposal = _linf_proposal(centre, best, epsilon, size, box, generator)
+            else:
+                size = min(max(side, 3) | 1, height, width)  # odd, at least 3
+                proposal = _l2_proposal(centre, best, epsilon, size, box, generator)
+            new_margin = logit_margin(model(proposal), labels)
+            better = new_margin < margin
+            best = torch.where(per_sample_view(better, best), proposal, best)
+            margin = torch.where(better, new_margin, margin)
+        result[index] = best
+    return result
