@@ -232,10 +232,12 @@ def test_lipreg_test_and_compare_write_their_files(tmp_path: Path, capsys: pytes
                "--model.init_args.net.init_args.widths", "[1, 16, 1]", *small])
     written = {p.name for p in (tmp_path / "lightning_logs" / "version_1").iterdir()}
     assert {"robustness.json", "robustness.csv", "robustness.png"} <= written
-    assert "test/pgd_mse@2" in cli.trainer.callback_metrics
-    assert "Lipschitz lower bound" in capsys.readouterr().out
+    assert "test/pgd_mse@2" in cli.trainer.callback_metrics and "test/robust_mse@2" in cli.trainer.callback_metrics
+    out = capsys.readouterr().out
+    assert "Lipschitz lower bound" in out and "APGD-MSE (100 steps)" in out
     run(["compare", str(tmp_path / "lightning_logs"), "--output", str(tmp_path / "cmp")])
-    assert "clean mse" in capsys.readouterr().out
+    compared = capsys.readouterr().out
+    assert "clean mse" in compared and "robust mse L2 (worst case) ε=2" in compared
     assert (tmp_path / "cmp" / "comparison.csv").is_file() and (tmp_path / "cmp" / "comparison.png").is_file()
 
 

@@ -157,49 +157,28 @@ def _quotients_and_input_grad(model: Callable[[Tensor], Tensor], pairs: Tensor, 
     return q, grad
 
 
-def ascend_pairs(
+#: The ascent works through the pair set in chunks of about this many bytes of pair points: each
+#: chunk's temporaries then stay in the CPU's caches, and no step allocates a tensor above glibc's
+#: 32 MiB mmap threshold (a fresh mapping is page-faulted in again on every allocation).
+CHUNK_BYTES = 8 * 2**20
+
+
+def _ascend_chunk(
     model: Callable[[Tensor], Tensor],
     pairs: Tensor,
-    step_size: Tensor | float,
-    steps: int = 1,
-    p: float = 2.0,
-    box: Box | None = None,
-    project: Callable[[Tensor], Tensor] | None = None,
-    adaptive: bool = False,
-    grow: float = 1.5,
-    shrink: float = 0.5,
-) -> AscentResult:
-    """Gradient ascent of every pair on its own difference quotient (CLIP paper, Algorithm 1).
-
-    .. math::
-        x \\leftarrow x + \\tau\\,L(x, x')\\,\\nabla_x L(x, x'), \\qquad
-        x' \\leftarrow x' + \\tau\\,L(x, x')\\,\\nabla_{x'} L(x, x')
-
-    i.e. ascent on ``L²/2``, for all pairs of the stacked set ``pairs = [u, v]`` (``[2, P, ...]``,
-    see :func:`~lipreg.functional.quotients.stack_pairs`) at once: one batched forward and backward
-    a step. After each step the points are projected with ``project`` (given ``[2P, ...]``, e.g.
-    onto an ε-ball) and clamped to ``box``.
-
-    With ``adaptive=True`` each pair keeps its own step size: a step that raises the pair's
-    quotient is accepted and its step size grows by ``grow``; one that does not is rejected
-    (the pair stays put) and its step size shrinks by ``shrink``. This costs one extra forward;
-    the last step's trial points need no gradient, and the quotients of the returned pairs come
-    from these passes (``AscentResult.quotients``).
-
-    Only ``torch.autograd.grad`` is used, so the model's parameter gradients are untouched; the
-    returned tensors are detached.
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if pairs.dim() < 2 or pairs.shape[0] != 2:
-        raise ValueError(f"a pair set is a [2, P, ...] tensor, got shape {tuple(pairs.shape)}")
+    tau: Tensor,
+    steps: int,
+    p: float,
+    box: Box | None,
+    project: Callable[[Tensor], Tensor] | None,
+    adaptive: bool,
+    grow: float,
+    shrink: float,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`ascend_pairs` on one chunk ``[2, C, ...]`` (``steps >= 1``): pairs, step sizes, quotients or None."""
     num_pairs = pairs.shape[1]
-    tau = torch.as_tensor(step_size, dtype=pairs.dtype, device=pairs.device).expand(num_pairs).clone()
-    pairs = pairs.detach()
-    if steps == 0:
-        return AscentResult(pairs, tau, None)
 
-    def per_pair(values: Tensor) -> Tensor:  # [P] -> [1, P, 1, ...], broadcasting over [2, P, ...]
+    def per_pair(values: Tensor) -> Tensor:  # [C] -> [1, C, 1, ...], broadcasting over [2, C, ...]
         return values.view(1, num_pairs, *([1] * (pairs.dim() - 2)))
 
     def trial(grad: Tensor) -> Tensor:
@@ -215,7 +194,7 @@ def ascend_pairs(
         if not adaptive:
             pairs = candidate
             if last:
-                return AscentResult(pairs, tau, None)
+                return pairs, tau, None
             q, grad = _quotients_and_input_grad(model, pairs, p)
             continue
         if last:
@@ -223,10 +202,82 @@ def ascend_pairs(
                 new_q = pair_quotients(model, candidate, p)
         else:
             new_q, new_grad = _quotients_and_input_grad(model, candidate, p)
-        accept = new_q >= q  # [P]
+        accept = new_q >= q  # [C]
         pairs = torch.where(per_pair(accept), candidate, pairs, out=candidate)  # candidate is ours: reuse it
         if not last:
             grad = torch.where(per_pair(accept), new_grad, grad)
         q = torch.where(accept, new_q, q)
         tau = torch.where(accept, tau * grow, tau * shrink)
-    return AscentResult(pairs, tau, q)
+    return pairs, tau, q
+
+
+def ascend_pairs(
+    model: Callable[[Tensor], Tensor],
+    pairs: Tensor,
+    step_size: Tensor | float,
+    steps: int = 1,
+    p: float = 2.0,
+    box: Box | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
+    adaptive: bool = False,
+    grow: float = 1.5,
+    shrink: float = 0.5,
+    out: Tensor | None = None,
+    chunked: bool = True,
+) -> AscentResult:
+    """Gradient ascent of every pair on its own difference quotient (CLIP paper, Algorithm 1).
+
+    .. math::
+        x \\leftarrow x + \\tau\\,L(x, x')\\,\\nabla_x L(x, x'), \\qquad
+        x' \\leftarrow x' + \\tau\\,L(x, x')\\,\\nabla_{x'} L(x, x')
+
+    i.e. ascent on ``L²/2``, for all pairs of the stacked set ``pairs = [u, v]`` (``[2, P, ...]``,
+    see :func:`~lipreg.functional.quotients.stack_pairs`): batched forward and backward passes.
+    After each step the points are projected with ``project`` (given ``[2P, ...]``, e.g. onto an
+    ε-ball) and clamped to ``box``.
+
+    With ``adaptive=True`` each pair keeps its own step size: a step that raises the pair's
+    quotient is accepted and its step size grows by ``grow``; one that does not is rejected
+    (the pair stays put) and its step size shrinks by ``shrink``. This costs one extra forward;
+    the last step's trial points need no gradient, and the quotients of the returned pairs come
+    from these passes (``AscentResult.quotients``).
+
+    Every pair moves on its own quotient, so the pair set is worked through in chunks of
+    :data:`CHUNK_BYTES` (all steps of one chunk, then the next): the same result, with less
+    memory traffic. Pass ``chunked=False`` for a network whose output for a sample depends on the
+    rest of its batch (batch normalisation in training mode), and whenever ``project`` needs the
+    whole set (it is then given it in one piece anyway).
+
+    Args:
+        out: where to write the moved pairs (may be ``pairs`` itself, to move a pair set in place);
+            default a new tensor.
+
+    Only ``torch.autograd.grad`` is used, so the model's parameter gradients are untouched; the
+    returned tensors are detached.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if pairs.dim() < 2 or pairs.shape[0] != 2:
+        raise ValueError(f"a pair set is a [2, P, ...] tensor, got shape {tuple(pairs.shape)}")
+    num_pairs = pairs.shape[1]
+    tau = torch.as_tensor(step_size, dtype=pairs.dtype, device=pairs.device).expand(num_pairs).clone()
+    pairs = pairs.detach()
+    if steps == 0:
+        return AscentResult(pairs if out is None else out.copy_(pairs), tau, None)
+    pair_bytes = 2 * pairs[0, 0].numel() * pairs.element_size()
+    chunk = num_pairs if not chunked or project is not None else max(1, CHUNK_BYTES // pair_bytes)
+    if chunk >= num_pairs and out is None:  # one piece: no copy into a separate result
+        moved, tau, quotients = _ascend_chunk(model, pairs, tau, steps, p, box, project, adaptive, grow, shrink)
+        return AscentResult(moved, tau, quotients)
+    moved = torch.empty_like(pairs) if out is None else out
+    quotients = torch.empty_like(tau) if adaptive else None
+    for start in range(0, num_pairs, chunk):
+        part = slice(start, start + chunk)
+        chunk_pairs, chunk_tau, chunk_q = _ascend_chunk(
+            model, pairs[:, part].contiguous(), tau[part], steps, p, box, project, adaptive, grow, shrink
+        )
+        moved[:, part] = chunk_pairs
+        tau[part] = chunk_tau
+        if quotients is not None:
+            quotients[part] = chunk_q
+    return AscentResult(moved, tau, quotients)

@@ -36,9 +36,10 @@ class CLIP(LipRegModule):
     Cost: the penalty is a maximum, so its gradient flows through one pair. The quotients of the
     moved pairs come from the ascent's own passes (adaptive steps; otherwise from one forward pass
     without a graph), and only the maximising pair goes through the network with a graph and back
-    to the parameters: the same value and gradient as back-propagating through every pair. A
-    network with batch normalisation in it (its output for a pair depends on the others) gets the
-    pass over every pair instead.
+    to the parameters: the same value and gradient as back-propagating through every pair. The
+    ascent moves the pair set in place, in cache-sized chunks (``ascend_pairs``). A network with
+    batch normalisation in it (its output for a pair depends on the others) gets unchunked passes
+    over every pair instead.
     """
 
     def __init__(
@@ -148,7 +149,8 @@ class CLIP(LipRegModule):
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
         pairs, step = self._pairs_for_step(x)
         moved = ascend_pairs(
-            self.net, pairs, step, steps=self.ascent_steps, p=self.p, box=self.input_box, adaptive=self.adaptive_step
+            self.net, pairs, step, steps=self.ascent_steps, p=self.p, box=self.input_box, adaptive=self.adaptive_step,
+            out=pairs, chunked=not self.batch_dependent,  # the pair set is ours: move it in place
         )
         if self.pair_init != "batch":
             self.pairs, self.pair_step = moved.pairs, moved.step_size

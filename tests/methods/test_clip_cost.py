@@ -121,3 +121,18 @@ def test_a_seeded_run_follows_the_same_lambda_and_pair_trajectory_as_the_full_pa
     assert torch.allclose(cheap.pairs, full.pairs, atol=1e-4)
     for (name, a), b in zip(cheap.net.state_dict().items(), full.net.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_the_ascent_in_chunks_and_in_place_equals_the_ascent_in_one_piece(net_and_pairs, monkeypatch, adaptive):
+    import lipreg.functional.pairs as pairs_module
+
+    net, pairs = net_and_pairs
+    whole = ascend_pairs(net, pairs, 5.0, steps=2, box=(0.0, 1.0), adaptive=adaptive, chunked=False)
+    monkeypatch.setattr(pairs_module, "CHUNK_BYTES", 2 * 64 * 4 * 7)  # 7 pairs a chunk: 43 chunks
+    in_place = pairs.clone()
+    chunked = ascend_pairs(net, in_place, 5.0, steps=2, box=(0.0, 1.0), adaptive=adaptive, out=in_place)
+    assert chunked.pairs is in_place
+    assert torch.allclose(chunked.pairs, whole.pairs, atol=1e-6) and torch.equal(chunked.step_size, whole.step_size)
+    if adaptive:
+        assert torch.allclose(chunked.quotients, whole.quotients, rtol=1e-5)
