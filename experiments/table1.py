@@ -64,6 +64,8 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
         overrides += ["--trainer.limit_train_batches", str(args.train_batches)]
     if args.sample_size:
         overrides += ["--evaluation.sample_size", str(args.sample_size)]
+    for key, value in args.set or []:
+        overrides += [f"--{key}", value]
     if args.precision:
         overrides += ["--trainer.precision", args.precision]
     if args.seed is not None:
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--train-batches", type=int, default=None, help="training batches per epoch (reduced budget)")
     parser.add_argument("--sample-size", type=int, default=None, help="test images attacked (default: all 10,000)")
     parser.add_argument("--bound-pairs", type=int, default=None, help="pairs for the Lipschitz lower bound")
+    parser.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                        help="any lipreg option, e.g. --set model.init_args.active_pairs 300 (repeatable)")
     parser.add_argument("--precision", default=None, help="trainer precision, e.g. bf16-mixed (default: the config's)")
     parser.add_argument("--seed", type=int, default=None, help="seed_everything (default: the config's, 0)")
     parser.add_argument("--keep-every-epoch", action="store_true", help="also keep a checkpoint of every epoch")

@@ -10,8 +10,10 @@ class SumFLIP(CLIP):
     """``min_θ mean loss + λ · (1/|X_Lip|) Σ_{(x,x') ∈ X_Lip} ‖f(x) − f(x')‖ / ‖x − x'‖`` (SumLip).
 
     Every pair contributes a gradient, not only the steepest one; otherwise as :class:`CLIP`
-    (same pair sets, ascent and options; ``squared=True`` averages ``L²``).
+    (same pair sets, ascent and options, except the active pair set; ``squared=True`` averages ``L²``).
     """
+
+    maximum_penalty = False
 
     def reduce(self, moved: AscentResult) -> Penalty:
         """The mean over every pair, each through the network with a graph.

@@ -136,3 +136,50 @@ def test_the_ascent_in_chunks_and_in_place_equals_the_ascent_in_one_piece(net_an
     assert torch.allclose(chunked.pairs, whole.pairs, atol=1e-6) and torch.equal(chunked.step_size, whole.step_size)
     if adaptive:
         assert torch.allclose(chunked.quotients, whole.quotients, rtol=1e-5)
+
+
+def fit_clip(epochs: int = 2, **options) -> CLIP:
+    L.seed_everything(0)
+    module = CLIP(MLP([2, 16, 3], "tanh"), lam=0.2, pair_init="heldout", adaptive_step=True,
+                  optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), **options)
+    quiet_trainer(max_epochs=epochs, callbacks=[LambdaDiscrepancy(target=0.5, step=0.1)]).fit(
+        module, BlobsDataModule(lipschitz_size=40))
+    return module
+
+
+def test_an_active_set_as_large_as_the_pair_set_is_the_full_set():
+    full = fit_clip()
+    active = fit_clip(active_pairs=40)
+    assert torch.equal(active.pair_step, full.pair_step) and torch.allclose(active.pairs, full.pairs, atol=1e-5)
+    assert active.pair_quotients.shape == (40,) and full.pair_quotients is None
+
+
+def test_the_active_set_takes_the_top_pairs_and_revisits_every_pair():
+    module = CLIP(MLP([2, 3]), pair_init="box", num_pairs=10, active_pairs=2, revisit_every=4)
+    module.pair_quotients = torch.tensor([0.0, 5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0, 0.0])
+    visited = set()
+    for step in range(4):
+        index = module.active_index(10, step).tolist()
+        assert {1, 7} <= set(index) and index == sorted(set(index)) and len(index) <= 2 + 3
+        visited |= set(index)
+    assert visited == set(range(10))
+
+
+def test_a_small_active_set_moves_fewer_pairs_and_its_quotients_survive_a_checkpoint():
+    module = fit_clip(epochs=1, active_pairs=5, revisit_every=4)
+    assert module.pair_quotients.shape == (40,) and (module.pair_quotients > 0).all()
+    checkpoint = {"lipreg": {}}
+    module.on_save_checkpoint(checkpoint)
+    restored = CLIP(MLP([2, 16, 3], "tanh"), pair_init="heldout", active_pairs=5)
+    restored.on_load_checkpoint(checkpoint)
+    assert torch.equal(restored.pair_quotients, module.pair_quotients)
+    assert torch.equal(restored.pairs, module.pairs)
+
+
+def test_sumflip_refuses_an_active_set():
+    from lipreg.errors import LipregError
+
+    with pytest.raises(LipregError, match="SumFLIP needs every pair"):
+        SumFLIP(MLP([2, 3]), active_pairs=10)
+    with pytest.raises(LipregError, match="active_pairs >= 1"):
+        CLIP(MLP([2, 3]), active_pairs=0)
