@@ -13,10 +13,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view, steepest_direction
+from lipreg.functional.attacks import (
+    Norm,
+    check_attack,
+    clamp_to_box,
+    loss_gradient,
+    per_sample_view,
+    steepest_direction,
+)
 from lipreg.functional.losses import LossFn, misclassified, per_sample_cross_entropy, targeted_dlr_loss
 from lipreg.functional.pairs import Box, project_onto_ball
-from lipreg.functional.quotients import differentiable_copy, sample_norm
+from lipreg.functional.quotients import sample_norm
 
 #: APGD's momentum weight α (the step is α·(z − x) + (1 − α)·(x − x_prev); Croce & Hein use 0.75).
 MOMENTUM_WEIGHT = 0.75
@@ -110,12 +117,7 @@ def apgd(
         raise ValueError(f"steps must be >= 1, got {steps}")
 
     def loss_and_gradient(points: Tensor, labels: Tensor, rivals: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        with torch.enable_grad():
-            points = differentiable_copy(points)
-            logits = model(points)
-            losses = loss_fn(logits, labels) if rivals is None else loss_fn(logits, labels, rivals)
-            (grad,) = torch.autograd.grad(losses.sum(), points)
-        return losses.detach(), grad, logits.detach()
+        return loss_gradient(model, points, labels, loss_fn, *([] if rivals is None else [rivals]))
 
     def project(points: Tensor, centres: Tensor) -> Tensor:
         return clamp_to_box(project_onto_ball(points, centres, epsilon, 2.0 if norm == "l2" else float("inf")), box)

@@ -37,13 +37,17 @@ def per_sample_view(values: Tensor, like: Tensor) -> Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _loss_gradient(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor]:
-    """Per-sample losses at ``x`` and the gradient of their sum with respect to ``x``."""
+def loss_gradient(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn, *loss_args: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample losses ``loss_fn(f(x), y, *loss_args)`` at ``x``, the gradient of their sum with
+    respect to ``x``, and the outputs ``f(x)``, all detached."""
     with torch.enable_grad():
         x = differentiable_copy(x)
-        losses = loss_fn(model(x), y)
+        outputs = model(x)
+        losses = loss_fn(outputs, y, *loss_args)
         (grad,) = torch.autograd.grad(losses.sum(), x)
-    return losses.detach(), grad
+    return losses.detach(), grad, outputs.detach()
 
 
 def steepest_direction(grad: Tensor, norm: Norm) -> Tensor:
@@ -94,7 +98,7 @@ def fgsm(
     """
     check_attack(epsilon, norm)
     start = clamp_to_box(_random_start(x, epsilon, norm, generator), box) if random_start else x
-    _, grad = _loss_gradient(model, start, y, loss_fn)
+    _, grad, _ = loss_gradient(model, start, y, loss_fn)
     adversarial = start + epsilon * steepest_direction(grad, norm)
     if random_start:
         adversarial = project_onto_ball(adversarial, x, epsilon, p=2.0 if norm == "l2" else float("inf"))
@@ -157,7 +161,7 @@ def pgd(
         start_random = random_start or restart > 0
         adversarial = clamp_to_box(_random_start(x, epsilon, norm, generator), box) if start_random else x.clone()
         for _ in range(steps):
-            _, grad = _loss_gradient(model, adversarial, y, loss_fn)
+            _, grad, _ = loss_gradient(model, adversarial, y, loss_fn)
             adversarial = _pgd_step_(adversarial, grad, x, epsilon, step_size, norm, step_kind, box)
         if restarts == 1:
             return adversarial.detach()

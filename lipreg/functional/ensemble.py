@@ -22,9 +22,8 @@ from lipreg.functional.square import square
 #: An attack with everything but the batch bound: ``(x, y) -> adversarial x``.
 Attack = Callable[[Tensor, Tensor], Tensor]
 
-#: The members ``ensemble_attack`` can build, per task.
+#: The members ``ensemble_attack`` can build for classification (regression: ``apgd-mse``).
 CLASSIFICATION_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square", "pgd-margin")
-REGRESSION_ATTACKS = ("apgd-mse",)
 
 
 @dataclass(frozen=True)
