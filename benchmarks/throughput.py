@@ -2,7 +2,9 @@
 
     python benchmarks/throughput.py --data-dir ../shared/datasets
 
-1. lipreg's CLI path (``LipRegCLI``, configs/mnist_standard.yaml with the 784-200-80-10 net);
+1. lipreg's CLI path (``LipRegCLI``, configs/mnist_standard.yaml with the 784-200-80-10 net), and
+   the same with the callbacks ``lipreg fit`` adds (the divergence guard, which reads a device
+   flag every step, and the per-epoch line);
 2. a plain PyTorch loop over the same in-memory tensors (random permutation, slices);
 3. a torchvision ``MNIST`` dataset with ``ToTensor`` behind a per-sample ``DataLoader``;
 4. for reference, the floor of stock Lightning: a bare ``LightningModule`` whose step is only the
@@ -27,6 +29,7 @@ from timing import EpochTimer
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from lipreg.callbacks import DivergenceGuard, ProgressLine
 from lipreg.cli import LipRegCLI
 from lipreg.nets import MLP
 
@@ -34,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 WIDTHS = [784, 200, 80, 10]
 
 
-def lipreg_epoch(data_dir: str, epochs: int, root: str) -> float:
+def lipreg_epoch(data_dir: str, epochs: int, root: str, as_fit: bool = False) -> float:
     cli = LipRegCLI(
         args=[
             "--config", str(REPO / "configs" / "mnist_standard.yaml"),
@@ -52,6 +55,8 @@ def lipreg_epoch(data_dir: str, epochs: int, root: str) -> float:
     )
     timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
+    if as_fit:
+        cli.trainer.callbacks += [DivergenceGuard(), ProgressLine()]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return sum(timer.times[1:]) / epochs
 
@@ -151,6 +156,7 @@ def main() -> None:
     paths = {
         "plain loop": lambda: plain_epoch(x, y, args.epochs),
         "lipreg": lambda: lipreg_epoch(args.data_dir, args.epochs, args.root),
+        "lipreg, as `lipreg fit`": lambda: lipreg_epoch(args.data_dir, args.epochs, args.root, as_fit=True),
         "torchvision DataLoader": lambda: torchvision_epoch(args.data_dir, len(x), args.epochs),
         "bare Lightning (floor)": lambda: bare_lightning_epoch(x, y, args.epochs),
         "bare, barebones=True": lambda: bare_lightning_epoch(x, y, args.epochs, barebones=True),

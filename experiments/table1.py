@@ -10,7 +10,9 @@ normalised-step attack) and the robust accuracy at ε = 2 (the worst case per im
 PGD attacks, APGD-CE, APGD-T and Square; ``lipreg test``'s default ensemble), and reports the final
 λ/μ next to the paper's numbers. ``--epochs`` and
 ``--lipschitz-size`` give a reduced budget for CPUs; ``--lambda-step`` sets dλ (and dμ in the
-configs' proportion, ``MU_STEP``) so that λ can move far enough in fewer epochs.
+configs' proportion, ``MU_STEP``) so that λ can move far enough in fewer epochs. Run the same
+command again after an interruption: rows already in ``OUT/table1.json`` are kept, and an
+interrupted row resumes from its latest checkpoint in its own run directory.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from experiments.common import configured_run, evaluation_of, set_target
+from lipreg.runs import latest_checkpoint, resume_logger
 
 #: The paper's Table 1: train, test, noise, PGD accuracies in % and the final μ or λ.
 PAPER = {
@@ -78,13 +81,17 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
                       "--trainer.limit_test_batches", str(args.limit_batches),
                       "--evaluation.sample_size", str(args.limit_batches * 10), "--evaluation.train_accuracy", "false",
                       "--evaluation.lipschitz_pairs", str(args.limit_batches * 10)]
+    resume = latest_checkpoint(out) if args.resume else None
+    if resume is not None:  # continue the interrupted run in its own directory
+        print(f"resuming {out} from {resume}", flush=True)
+        overrides += ["--trainer.logger", json.dumps(resume_logger(resume))]
     cli = configured_run(f"{dataset}_{method}", out, *overrides)
     if args.keep_every_epoch:  # for experiments.checkpoint_choice
         cli.trainer.callbacks.append(ModelCheckpoint(filename="every-{epoch}", save_top_k=-1, every_n_epochs=1))
     if target is not None:
         step = args.lambda_step * (MU_STEP if method == "weight_decay" else 1.0)
         set_target(cli.trainer, target, step)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
     result = evaluation_of(cli.trainer).result
     return {
@@ -135,12 +142,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--precision", default=None, help="trainer precision, e.g. bf16-mixed (default: the config's)")
     parser.add_argument("--seed", type=int, default=None, help="seed_everything (default: the config's, 0)")
     parser.add_argument("--keep-every-epoch", action="store_true", help="also keep a checkpoint of every epoch")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start every row afresh (default: keep the rows in OUT/table1.json and resume an "
+                             "interrupted row from its latest checkpoint)")
     args = parser.parse_args(argv)
     out = args.out or Path(f"results/table1_{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    done = out / "table1.json"
+    results = json.loads(done.read_text()) if args.resume and done.exists() else {}
     for name, method, target in ROWS:
-        if args.rows and name not in args.rows:
+        if (args.rows and name not in args.rows) or name in results:
             continue
         results[name] = run_row(args.dataset, method, target, args, out / name.replace(" ", "_").replace(".", ""))
         (out / "table1.json").write_text(json.dumps(results, indent=2))

@@ -1,20 +1,25 @@
 """The ``lipreg`` command: a LightningCLI over lipreg's methods and data modules."""
 
+import shlex
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import lipreg.callbacks  # noqa: F401  (registers callback classes for short names in YAML)
 import lipreg.data  # noqa: F401  (registers data modules for --data NAME)
 import lipreg.methods  # noqa: F401  (registers methods for --model NAME)
 import lipreg.nets  # noqa: F401  (registers networks for class_path: NAME)
-from lipreg.callbacks import PredictionWriter, RobustnessEvaluation
+from lipreg.callbacks import DivergenceGuard, LatestCheckpoint, PredictionWriter, ProgressLine, RobustnessEvaluation
+from lipreg.cli_parser import LipRegArgumentParser, raise_from_chain
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
-from lipreg.report import compare
+from lipreg.runs import placed_logger, resume_logger, run_directory
 
 # Two warnings of the installed Lightning that say nothing to a lipreg user: its pytree helper uses
 # an API that torch 2.14 deprecates, and lipreg logs training metrics once an epoch, so the advice
@@ -26,16 +31,26 @@ DESCRIPTION = (
     "Lipschitz-regularised training (CLIP, SumFLIP, TV, pTV, …) and robustness evaluation. "
     "`lipreg compare DIR` tabulates the `lipreg test` results found below DIR."
 )
+#: ``ckpt_path`` values Lightning resolves itself rather than as files.
+SPECIAL_CHECKPOINTS = ("best", "last", "hpc", "registry")
 
 
 class LipRegCLI(LightningCLI):
-    """LightningCLI with subclass mode for model and data, and inference mode off by default.
+    """LightningCLI with lipreg's defaults and guarantees.
 
-    Attacks and pair ascent need input gradients during validation and testing, so
-    ``trainer.inference_mode`` defaults to ``false``.
+    - subclass mode for model and data; ``trainer.inference_mode`` off (attacks and pair ascent
+      need input gradients during validation and testing), Lightning's progress bar off;
+    - ``fit`` prints one line per epoch (``ProgressLine``; ``--quiet true`` for none) and a
+      summary, stops at divergence (``DivergenceGuard``), always leaves a ``latest-…`` checkpoint
+      (``LatestCheckpoint``), and a resumed run continues in its own directory;
+    - ``test`` and ``predict`` refuse to evaluate untrained weights unless ``--untrained true``,
+      write beside the checkpoint's run (``<run>/test/<checkpoint>/``) and print one table;
+    - a checkpoint that is missing, damaged or of another method than the config is a one-line error.
     """
 
     def __init__(self, args: ArgsType = None, run: bool = True) -> None:
+        #: the command-line words, to tell what the user named from what a config file says
+        self.words = [str(a) for a in (sys.argv[1:] if args is None else args if isinstance(args, list) else [])]
         super().__init__(
             LipRegModule,
             L.LightningDataModule,
@@ -43,20 +58,177 @@ class LipRegCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "lipreg", "description": DESCRIPTION},
+            parser_class=LipRegArgumentParser,
             args=args,
             run=run,
             auto_configure_optimizers=False,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.set_defaults({"trainer.inference_mode": False})
+        parser.set_defaults({"trainer.inference_mode": False, "trainer.enable_progress_bar": False})
         # the attack suite of `lipreg test`, configured under `evaluation:` (a callback in every run)
         parser.add_lightning_class_args(RobustnessEvaluation, "evaluation")
+        parser.add_argument("--quiet", type=bool, default=False,
+                            help="fit: no per-epoch lines and no closing summary")
+        parser.add_argument("--untrained", type=bool, default=False,
+                            help="test/validate/predict: evaluate freshly initialised weights when no --ckpt_path "
+                                 "is given (otherwise that is an error)")
+
+    # ----------------------------------------------------------------- before anything is built
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        checkpoint = config.get("ckpt_path")
+        if checkpoint is None:
+            if subcommand != "fit" and not config.get("untrained"):
+                raise LipregError(
+                    f"lipreg {subcommand} needs --ckpt_path CHECKPOINT (e.g. a best-…ckpt of a fit run); "
+                    "without one it would evaluate untrained weights (add --untrained true if that is what you want)"
+                )
+            return
+        if checkpoint in SPECIAL_CHECKPOINTS:
+            return
+        check_checkpoint(Path(checkpoint), config.model.class_path if config.get("model") else None)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        checkpoint = config.get("ckpt_path")
+        user_placed = any(w.startswith(("--trainer.default_root_dir", "--trainer.logger")) for w in self.words)
+        if checkpoint and checkpoint not in SPECIAL_CHECKPOINTS and not user_placed and trainer.logger is not False:
+            if self.subcommand == "fit" and run_directory(checkpoint) is not None:
+                trainer.logger = resume_logger(checkpoint, trainer.logger)
+                # resuming writes into the run's own checkpoint folder on purpose
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            elif self.subcommand in ("test", "validate", "predict") and run_directory(checkpoint) is not None:
+                trainer.logger = placed_logger(trainer.logger, run_directory(checkpoint), self.subcommand,
+                                               Path(checkpoint).stem)
+        check_writable(Path(trainer.default_root_dir or "."))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise_from_chain(error)
+            raise
+
+    # ----------------------------------------------------------------- subcommands
+    def before_fit(self) -> None:
+        callbacks = self.trainer.callbacks
+        if not any(isinstance(c, DivergenceGuard) for c in callbacks):
+            callbacks.insert(0, DivergenceGuard())
+        if not any(isinstance(c, LatestCheckpoint) for c in callbacks) and self.trainer.checkpoint_callback:
+            every = self.trainer.check_val_every_n_epoch or 1
+            callbacks.append(LatestCheckpoint(every_n_epochs=every))
+            # Lightning's default checkpoint (when the config names none) would duplicate it
+            callbacks[:] = [c for c in callbacks if type(c) is not ModelCheckpoint or c.monitor is not None
+                            or c.filename is not None]
+        if not self.config.fit.quiet and not any(isinstance(c, ProgressLine) for c in callbacks):
+            callbacks.append(ProgressLine())
+
+    def after_fit(self) -> None:
+        if self.config.fit.quiet or not self.trainer.is_global_zero:
+            return
+        print(fit_summary(self.trainer, self.config.fit.get("config")))
+
+    def before_test(self) -> None:
+        self._drop_checkpointing()
+
+    def before_validate(self) -> None:
+        self._drop_checkpointing()
+
+    def test(self, **kwargs: Any) -> None:
+        """``trainer.test`` without Lightning's own table: ``RobustnessEvaluation`` prints lipreg's."""
+        self.trainer.test(**{**kwargs, "verbose": False})
 
     def before_predict(self) -> None:
         """``lipreg predict`` writes ``predictions.pt`` unless the config brings its own writer."""
+        self._drop_checkpointing()
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
+
+    def _drop_checkpointing(self) -> None:
+        # evaluation writes no checkpoints; left in, they would only warn that their directory moved,
+        # and the training callbacks' saved states are of no use to it
+        self.trainer.callbacks[:] = [c for c in self.trainer.callbacks if not isinstance(c, Checkpoint)]
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+
+
+def check_checkpoint(path: Path, config_class: str | None) -> None:
+    """A one-line error unless ``path`` is a readable lipreg checkpoint of the config's method."""
+    if not path.is_file():
+        near = sorted(path.parent.glob("*.ckpt"))[:3] if path.parent.is_dir() else []
+        hint = f"; checkpoints there: {', '.join(p.name for p in near)}" if near else ""
+        raise LipregError(f"--ckpt_path {path} does not exist{hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hyperparameters = checkpoint.get("hyper_parameters", {})
+    except Exception as error:  # noqa: BLE001  (any failure to read the file is the same problem to the user)
+        size = path.stat().st_size
+        raise LipregError(
+            f"checkpoint {path} ({size} bytes) is damaged or not a checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]}); use another one, e.g. the best-… or latest-… beside it"
+        ) from None
+    trained = hyperparameters.get("_class_path")
+    if config_class and trained and trained != config_class:
+        run = run_directory(path)
+        own = run / "config.yaml" if run is not None and (run / "config.yaml").is_file() else None
+        fix = f"use its run's config: --config {shown(own)}" if own else f"use a config whose model is {trained}"
+        raise LipregError(
+            f"checkpoint {path.name} was trained with {trained.rsplit('.', 1)[-1]} but the config trains "
+            f"{config_class.rsplit('.', 1)[-1]}; {fix}"
+        )
+
+
+def check_writable(directory: Path) -> None:
+    """A one-line error unless ``directory`` exists or can be created, and can be written to."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".lipreg-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise LipregError(
+            f"cannot write run outputs to {directory.resolve()} ({error.strerror}); "
+            "choose a writable directory with --trainer.default_root_dir DIR"
+        ) from None
+
+
+def shown(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def fit_summary(trainer: L.Trainer, configs: list | None) -> str:
+    """Where the run is, which checkpoints it wrote, and the command that evaluates the best one."""
+    lines = [f"run directory: {shown(trainer.log_dir or '.')}"]
+    best = None
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.best_model_path:
+            continue
+        if isinstance(callback, LatestCheckpoint):
+            lines.append(f"latest checkpoint: {shown(callback.best_model_path)}")
+        elif callback.monitor is not None:
+            score = callback.best_model_score
+            value = "" if score is None else f" ({callback.monitor} {float(score):.4g})"
+            lines.append(f"best checkpoint: {shown(callback.best_model_path)}{value}")
+            best = best or callback.best_model_path
+        else:
+            lines.append(f"checkpoint: {shown(callback.best_model_path)}")
+    target = best or next((c.best_model_path for c in trainer.checkpoint_callbacks
+                           if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+    run_config = Path(trainer.log_dir or ".") / "config.yaml"
+    if target:
+        config = shown(run_config) if run_config.is_file() else " ".join(str(c) for c in configs or [])
+        quoted = shlex.quote(shown(target))
+        lines.append(f"evaluate it: lipreg test --config {shlex.quote(config)} --ckpt_path {quoted}")
+    return "\n".join(lines)
 
 
 def run(args: ArgsType = None) -> LipRegCLI | None:
@@ -68,12 +240,20 @@ def run(args: ArgsType = None) -> LipRegCLI | None:
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv[:1] == ["compare"]:
+        from lipreg.report import compare
+
         compare(argv[1:])
         return None
     try:
         return LipRegCLI(args=args)
     except LipregError as error:
         sys.exit(f"lipreg: error: {error}")
+    except Exception as error:
+        try:
+            raise_from_chain(error)
+        except LipregError as cause:
+            sys.exit(f"lipreg: error: {cause}")
+        raise
 
 
 def main(args: ArgsType = None) -> None:

@@ -3,17 +3,23 @@
 import argparse
 import csv
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RESULT_FILE = "robustness.json"
+#: Config keys that say where and how a run was evaluated, not what was trained: not used to tell runs apart.
+PLACEMENT_KEYS = re.compile(r"^(ckpt_path|config|quiet|untrained|evaluation\.|trainer\.(logger|default_root_dir|"
+                            r"enable_|inference_mode|devices|accelerator|num_nodes|strategy)|data\.init_args\."
+                            r"(data_dir|eval_batch_size|on_device))")
+MARKERS = "osD^vP*X<>"
+LINESTYLES = ("-", "--", "-.", ":")
 
 #: How each curve is labelled in tables and plots.
 CURVE_LABELS = {
@@ -102,25 +108,67 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + f"\n({unit})"
 
 
-def robustness_figure(results: Sequence[dict[str, Any]]) -> Figure:
-    """Accuracy (or MSE) against ε for every attack, one panel per attack, one line per run."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, imported when a figure is drawn (not at start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_label(result: dict[str, Any]) -> str:
+    """A run's name in tables and legends: its ``name`` (``lipreg compare``) or method and checkpoint."""
+    if result.get("name"):
+        return result["name"]
+    checkpoint = result.get("checkpoint")
+    return f"{result['method']} {Path(checkpoint).stem if checkpoint else '(untrained)'}"
+
+
+def robustness_figure(results: Sequence[dict[str, Any]]) -> "Figure":
+    """Accuracy (or MSE) against ε for every attack, one panel per attack, one line per run.
+
+    Accuracy panels share the table's unit (%) and run from 0 to 100 %; every panel has a legend;
+    runs that coincide stay visible (each later run is drawn thinner, with its own marker and
+    dash pattern); the title names the checkpoint(s).
+    """
+    plt = pyplot()
     curves = [c for c in CURVE_LABELS if any(r["curves"].get(c) for r in results)]
-    figure, axes = plt.subplots(1, max(len(curves), 1), figsize=(4 * max(len(curves), 1), 3.4), squeeze=False)
+    panels = max(len(curves), 1)
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.9), squeeze=False)
+    accuracy = all(r["metric"] == "accuracy" for r in results)
+    scale = 100.0 if accuracy else 1.0
     for axis, curve in zip(axes[0], curves, strict=False):
-        for result in results:
+        for index, result in enumerate(results):
             points = result["curves"].get(curve) or []
             if not points:
                 continue
             xs = [0.0] + [p for p, _ in points]
-            ys = [result["clean_subset"]] + [v for _, v in points]
-            axis.plot(xs, ys, marker="o", label=result.get("name") or result["method"])
-        axis.set_xlabel(CURVE_LABELS[curve])
-        axis.set_ylabel(results[0]["metric"])
-        axis.set_title(curve.replace("_", " "))
+            ys = [scale * result["clean_subset"]] + [scale * v for _, v in points]
+            axis.plot(xs, ys, marker=MARKERS[index % len(MARKERS)], linestyle=LINESTYLES[index % len(LINESTYLES)],
+                      linewidth=max(3.5 - 0.6 * index, 1.0), markersize=max(8 - index, 4), alpha=0.85,
+                      label=run_label(result))
+        axis.set_xlabel(_curve_label(curve, results[0]).rsplit(" ", 1)[-1])
+        axis.set_ylabel("accuracy (%)" if accuracy else results[0]["metric"])
+        if accuracy:
+            axis.set_ylim(0, 100)
+        axis.set_title(_curve_label(curve, results[0]).removesuffix(" ε").removesuffix(" σ"), fontsize="medium")
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
+        axis.legend(fontsize="x-small")
+    if len(results) == 1:
+        checkpoint = results[0].get("checkpoint")
+        figure.suptitle(f"{results[0]['method']}: {Path(checkpoint).name if checkpoint else 'untrained weights'}",
+                        fontsize="medium")
+    else:
+        figure.suptitle(f"{len(results)} runs (legend: method, checkpoint, what differs)", fontsize="medium")
     figure.tight_layout()
     return figure
+
+
+def close_figure(figure: "Figure") -> None:
+    """Free a figure's memory once it is saved or logged."""
+    pyplot().close(figure)
 
 
 def write_results(result: dict[str, Any], directory: Path) -> list[Path]:
@@ -145,18 +193,70 @@ def write_results(result: dict[str, Any], directory: Path) -> list[Path]:
     png_path = directory / "robustness.png"
     figure = robustness_figure([result])
     figure.savefig(png_path, dpi=120)
-    plt.close(figure)
+    close_figure(figure)
     return [json_path, csv_path, png_path]
 
 
+def flat_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as ``{dotted.key: value}`` (list items by index), without placement keys."""
+    if not path.is_file():
+        return {}
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+            for index, item in enumerate(value):
+                walk(item, f"{prefix}.{index}")
+        elif not PLACEMENT_KEYS.match(prefix):
+            flat[prefix] = value
+
+    walk(yaml.safe_load(path.read_text()) or {}, "")
+    return flat
+
+
+def _setting(key: str, value: Any) -> str:
+    """``target=0.9``, or ``net=MLP`` for a class path."""
+    parts = key.split(".")
+    if parts[-1] == "class_path":
+        return f"{parts[-2]}={str(value).rsplit('.', 1)[-1]}"
+    return f"{parts[-1]}={value}"
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders numbers by value: ``version_2`` before ``version_11``, ``0.85`` before ``0.9``."""
+    return [float(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
+
+
 def load_results(directory: Path) -> list[dict[str, Any]]:
-    """Every ``robustness.json`` below ``directory``, named by its folder relative to it."""
-    results = []
-    for path in sorted(directory.rglob(RESULT_FILE)):
+    """Every ``robustness.json`` below ``directory``, labelled and sorted for comparison.
+
+    Each run is named by its method and checkpoint (``CLIP best-epoch=12-pgd_acc=0.412``,
+    ``Standard (untrained)``), plus the config values in which its ``config.yaml`` differs from
+    the others' (``target=0.9``), plus its folder when that still leaves two names equal. Runs are
+    sorted by method, then by name with numbers in order; untrained runs are flagged ``untrained``.
+    """
+    found = []
+    for path in directory.rglob(RESULT_FILE):
         result = json.loads(path.read_text())
-        result["name"] = str(path.parent.relative_to(directory)) if path.parent != directory else result["method"]
-        results.append(result)
-    return results
+        result["untrained"] = not result.get("checkpoint")
+        found.append((path.parent, result, flat_config(path.parent / "config.yaml")))
+    for method in {result["method"] for _, result, _ in found}:
+        group = [(result, config) for _, result, config in found if result["method"] == method]
+        keys = set().union(*(config for _, config in group))
+        differing = sorted(k for k in keys if k != "model.class_path"
+                           and len({repr(config.get(k)) for _, config in group}) > 1)
+        for result, config in group:
+            extras = [_setting(k, config[k]) for k in differing if k in config]
+            result["name"] = " ".join([run_label({**result, "name": None}), *extras])
+    names = [result["name"] for _, result, _ in found]
+    for folder, result, _ in found:
+        if names.count(result["name"]) > 1:
+            result["name"] += f" [{folder.relative_to(directory) if folder != directory else folder.name}]"
+    found.sort(key=lambda item: (item[1]["method"], natural_key(item[1]["name"])))
+    return [result for _, result, _ in found]
 
 
 def compare(argv: Sequence[str] | None = None) -> None:
@@ -181,5 +281,5 @@ def compare(argv: Sequence[str] | None = None) -> None:
             writer.writerow([quantity, *[row.get(quantity, "") for row in rows]])
     figure = robustness_figure(results)
     figure.savefig(output / "comparison.png", dpi=120)
-    plt.close(figure)
+    close_figure(figure)
     print(f"wrote {output / 'comparison.csv'} and {output / 'comparison.png'}")

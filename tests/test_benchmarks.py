@@ -42,5 +42,12 @@ def test_regulariser_benchmark_times_a_subset_over_rounds(data_dir: Path):
 def test_throughput_benchmark_prints_every_path(data_dir: Path, tmp_path: Path):
     out = run_benchmark("throughput.py", "--data-dir", str(data_dir), "--epochs", "1", "--repeats", "1",
                         "--root", str(tmp_path))
-    for path in ("plain loop", "lipreg", "torchvision DataLoader", "bare Lightning (floor)", "bare, barebones=True"):
+    for path in ("plain loop", "lipreg", "lipreg, as `lipreg fit`", "torchvision DataLoader", "bare Lightning (floor)",
+                 "bare, barebones=True"):
         assert re.search(rf"{re.escape(path)}\s+\d+\.\d+\s+\d+\.\d+", out), out
+
+
+def test_startup_benchmark_prints_the_ratio_to_importing_lightning():
+    out = run_benchmark("startup.py", "--repeats", "1")
+    for command in ("import lightning.pytorch", "lipreg --help", "argument error"):
+        assert re.search(rf"{re.escape(command)}.*\s\d+\.\d+\s+\d+\.\d+", out), out

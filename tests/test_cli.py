@@ -78,10 +78,10 @@ def test_fit_writes_logs_config_and_a_checkpoint_that_loads_back(tmp_path: Path)
     x = torch.linspace(-4, 4, 9).unsqueeze(1)
     assert model(x).shape == (9, 1)
     predicted = run(["predict", "--config", str(config), "--ckpt_path", str(checkpoint)])
-    predictions = torch.cat(predicted.trainer.predict_loop.predictions)
+    predictions = torch.cat([step["outputs"] for step in predicted.trainer.predict_loop.predictions])
     assert predictions.shape == (801, 1)  # the test grid of the regression problem
-    written = torch.load(tmp_path / "lightning_logs" / "version_1" / "predictions.pt", weights_only=True)
-    assert set(written) == {"outputs"} and torch.equal(written["outputs"], predictions)
+    written = torch.load(run_dir / "predict" / checkpoint.stem / "predictions.pt", weights_only=True)
+    assert set(written) == {"outputs", "targets"} and torch.equal(written["outputs"], predictions)
 
 
 def test_test_subcommand_reports_accuracy(tmp_path: Path, data_dir: Path):
@@ -95,7 +95,7 @@ def test_test_subcommand_reports_accuracy(tmp_path: Path, data_dir: Path):
     metrics = cli.trainer.callback_metrics
     assert 0.5 < metrics["test/acc"].item() <= 1.0
     assert metrics["test/pgd_acc@2"] <= metrics["test/pgd_acc@0.5"] <= 1.0
-    assert (tmp_path / "lightning_logs" / "version_1" / "robustness.json").is_file()
+    assert (checkpoint.parents[1] / "test" / checkpoint.stem / "robustness.json").is_file()
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -30,7 +30,7 @@ def lipreg(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.Compl
 def method_args(method: str, data_dir: Path, root: Path, *extra_callbacks: str) -> list[str]:
     """configs/mnist_<method>.yaml on 400 Lipschitz images, an easy target so λ moves every epoch,
     PGD validation on the first 500 images, and ProcessAgreement guarding every epoch. The list
-    replaces the config's callbacks, so Lightning's default checkpoint (the newest epoch) is used."""
+    replaces the config's callbacks, so ``lipreg fit``'s own ``latest-…`` checkpoint (every epoch) is used."""
     callbacks = "".join(f"\n    - class_path: {c}" for c in ["lipreg.callbacks.ProcessAgreement", *extra_callbacks])
     root.mkdir(parents=True, exist_ok=True)
     override = root / "override.yaml"
@@ -68,7 +68,7 @@ def test_two_process_clip_agrees_across_ranks_and_matches_single_process_evaluat
     # if λ, ε or the weights differ between the two processes after any epoch.
     result = lipreg("fit", *method_args("clip", data_dir, tmp_path), *DDP)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = next(tmp_path.glob("lightning_logs/version_*/checkpoints/epoch=1-*.ckpt"))
+    checkpoint = next(tmp_path.glob("lightning_logs/version_*/checkpoints/latest-epoch=1-*.ckpt"))
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert state["state_dict"]["lam"].item() == pytest.approx(0.1)  # raised after both epochs
     assert state["lipreg"]["pair_set"]["u"].shape[:2] == (2, 200)  # each process's share is saved
@@ -82,7 +82,7 @@ def test_two_process_clip_agrees_across_ranks_and_matches_single_process_evaluat
     predicted = lipreg("predict", *method_args("clip", data_dir, tmp_path / "predict"), *DDP,
                        "--ckpt_path", str(checkpoint))
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    (written,) = (tmp_path / "predict").glob("lightning_logs/version_*/predictions.pt")
+    written = checkpoint.parents[1] / "predict" / checkpoint.stem / "predictions.pt"  # beside the checkpoint
     outputs = torch.load(written, weights_only=True)["outputs"]
     model = LipRegModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     test_images = single.datamodule.splits.test[0]
@@ -95,9 +95,11 @@ def test_two_process_clip_agrees_across_ranks_and_matches_single_process_evaluat
     tested = lipreg("test", *method_args("clip", data_dir, tmp_path / "test"), *DDP, "--ckpt_path", str(checkpoint),
                     *quick)
     assert tested.returncode == 0, tested.stderr[-3000:]
-    (report,) = (tmp_path / "test").glob("lightning_logs/version_*/robustness.json")
+    report = checkpoint.parents[1] / "test" / checkpoint.stem / "robustness.json"
     labels = single.datamodule.splits.test[1]
-    accuracy = (torch.load(written, weights_only=True)["labels"] == labels).float().mean().item()
+    saved = torch.load(written, weights_only=True)
+    assert torch.equal(saved["targets"], labels)
+    accuracy = (saved["predictions"] == labels).float().mean().item()
     assert json.loads(report.read_text())["clean"] == pytest.approx(accuracy, abs=1e-6)
 
 
@@ -112,11 +114,13 @@ def test_ddp_run_resumes_from_its_checkpoint(tmp_path: Path, data_dir: Path, met
     extra = ["lipreg.callbacks.EpsilonDecay"] if method == "ptv" else []
     first = lipreg("fit", *method_args(method, data_dir, tmp_path, *extra), *DDP)
     assert first.returncode == 0, first.stderr[-3000:]
-    checkpoint = next(tmp_path.glob("lightning_logs/version_0/checkpoints/epoch=1-*.ckpt"))
+    checkpoint = next(tmp_path.glob("lightning_logs/version_0/checkpoints/latest-epoch=1-*.ckpt"))
     resumed = lipreg("fit", *method_args(method, data_dir, tmp_path, *extra), *DDP, "--trainer.max_epochs", "3",
                      "--ckpt_path", str(checkpoint))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    state = torch.load(next(tmp_path.glob("lightning_logs/version_1/checkpoints/epoch=2-*.ckpt")), weights_only=True)
+    # the resumed run continues in its own directory
+    state = torch.load(next(tmp_path.glob("lightning_logs/version_0/checkpoints/latest-epoch=2-*.ckpt")),
+                       weights_only=True)
     assert state["epoch"] == 2
     if method == "clip":
         assert state["lipreg"]["pair_set"]["u"].shape[:2] == (2, 200)

@@ -230,7 +230,7 @@ def test_lipreg_test_and_compare_write_their_files(tmp_path: Path, capsys: pytes
     small = ["--evaluation.pgd_steps", "5", "--evaluation.lipschitz_pairs", "20", "--evaluation.lipschitz_steps", "5"]
     cli = run(["test", "--config", config, "--ckpt_path", str(checkpoint),
                "--model.init_args.net.init_args.widths", "[1, 16, 1]", *small])
-    written = {p.name for p in (tmp_path / "lightning_logs" / "version_1").iterdir()}
+    written = {p.name for p in (checkpoint.parents[1] / "test" / checkpoint.stem).iterdir()}
     assert {"robustness.json", "robustness.csv", "robustness.png"} <= written
     assert "test/pgd_mse@2" in cli.trainer.callback_metrics and "test/robust_mse@2" in cli.trainer.callback_metrics
     out = capsys.readouterr().out

@@ -1,25 +1,26 @@
 """A TensorBoard figure of a 1-D regression fit (the look of the CLIP paper's Figure 2)."""
 
+from typing import TYPE_CHECKING
+
 import lightning as L
-import matplotlib
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
+from lipreg.data.regression import RegressionDataModule
+from lipreg.report import close_figure, pyplot
 
-from lipreg.data.regression import RegressionDataModule  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def regression_figure(net: nn.Module, datamodule: RegressionDataModule, title: str = "") -> Figure:
+def regression_figure(net: nn.Module, datamodule: RegressionDataModule, title: str = "") -> "Figure":
     """Ground truth (red), noisy training samples (blue) and the network (green) on the domain."""
     splits = datamodule._require_splits()
     grid = splits.test[0]
     device = next(net.parameters()).device
     with torch.no_grad():
         fitted = net(grid.to(device)).cpu()
-    figure, axes = plt.subplots(figsize=(5, 3.5))
+    figure, axes = pyplot().subplots(figsize=(5, 3.5))
     axes.plot(grid.cpu(), datamodule.ground_truth(grid).cpu(), color="tab:red", label="ground truth")
     axes.scatter(splits.train[0].cpu(), splits.train[1].cpu(), s=8, color="tab:blue", label="samples")
     axes.plot(grid.cpu(), fitted, color="tab:green", label="network")
@@ -53,4 +54,4 @@ class RegressionPlot(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
                 experiment.add_figure("val/fit", figure, global_step=trainer.global_step)
-        plt.close(figure)
+        close_figure(figure)

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 from torchmetrics import SumMetric
@@ -23,7 +22,7 @@ from lipreg.functional.ensemble import (
 from lipreg.functional.losses import per_sample_cross_entropy, per_sample_squared_error
 from lipreg.functional.pairs import noisy_pairs
 from lipreg.methods.base import LipRegModule, epoch_mean
-from lipreg.report import ensemble_summary, format_table, robustness_figure, write_results
+from lipreg.report import close_figure, ensemble_summary, format_table, robustness_figure, write_results
 
 #: The curves whose per-sample results at ε feed the worst case (they use ``pgd_norm``).
 PGD_CURVES = ("pgd", "pgd_sign")
@@ -321,4 +320,4 @@ class RobustnessEvaluation(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
                 experiment.add_figure("test/robustness", figure, global_step=trainer.global_step)
-        plt.close(figure)
+        close_figure(figure)

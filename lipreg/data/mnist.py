@@ -15,6 +15,27 @@ DEFAULT_DATA_DIR = "data"
 DATA_DIR_VARIABLE = "LIPREG_DATA_DIR"
 
 
+def idx_problem(path: Path) -> str | None:
+    """Why an IDX file (MNIST's format) cannot be read, or ``None`` if its size matches its header.
+
+    The header is two zero bytes, a type code (``0x08``: unsigned bytes), the number of dimensions
+    and each dimension as a big-endian 32-bit integer; the data follows, one byte per entry.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08:
+            return f"{path} is damaged: not an IDX file of bytes ({size} bytes)"
+        dims_raw = handle.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        return f"{path} is damaged: {size} bytes, shorter than its own header"
+    dims = [int.from_bytes(dims_raw[i : i + 4], "big") for i in range(0, len(dims_raw), 4)]
+    expected = 4 + 4 * len(dims) + int(torch.tensor(dims).prod())
+    if size != expected:
+        return f"{path} is damaged: {size} bytes, but its header ({' × '.join(map(str, dims))}) needs {expected}"
+    return None
+
+
 def resolve_data_dir(data_dir: str | None) -> Path:
     """``data_dir`` if given, else ``$LIPREG_DATA_DIR``, else ``data/``."""
     return Path(data_dir or os.environ.get(DATA_DIR_VARIABLE) or DEFAULT_DATA_DIR)
@@ -58,6 +79,12 @@ class MNISTDataModule(InMemoryDataModule):
         self.download = download
 
     def _read(self, train: bool) -> tuple[Tensor, Tensor]:
+        raw = self.data_dir / self.dataset_class.__name__ / "raw"
+        for url, _ in self.dataset_class.resources:
+            path = raw / Path(url).stem
+            problem = idx_problem(path) if path.is_file() else None
+            if problem:
+                raise LipregError(f"{problem}; copy the file again (or delete it and use --data.download true)")
         try:
             dataset = self.dataset_class(str(self.data_dir), train=train, download=self.download)
         except RuntimeError as error:

@@ -51,6 +51,14 @@ class LipRegModule(L.LightningModule):
     Logged once per epoch: ``train/loss``, ``train/acc`` (or ``train/mse``), ``val/…``,
     ``test/…`` and, for regularised methods, ``train/lambda`` (or ``train/mu``),
     ``train/penalty`` and ``train/lip``.
+
+    Args:
+        net: the network, any ``torch.nn.Module`` (``lipreg.nets.MLP``, ``lipreg.nets.MadryCNN``, …).
+        task: ``classification`` (cross-entropy, accuracy) or ``regression`` (squared error, MSE).
+        lam: the regularisation coefficient λ at the start (callbacks may move it).
+        optimizer: the optimiser class and its options, e.g. ``torch.optim.SGD`` with ``lr``.
+        lr_scheduler: an optional learning-rate schedule over that optimiser.
+        seed: seeds the method's own random draws (pair noise, attack starts) per step.
     """
 
     #: The name λ is logged under (weight decay calls it μ).
@@ -69,7 +77,8 @@ class LipRegModule(L.LightningModule):
         if task not in TASKS:
             raise LipregError(f"task must be one of {TASKS}, got {task!r}")
         if lam < 0:
-            raise LipregError(f"the regularisation coefficient must be >= 0, got {lam}")
+            raise LipregError(f"lam, the regularisation coefficient, must be >= 0, got {lam}; "
+                              "set --model.init_args.lam to 0 or more")
         self.save_hyperparameters()
         for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module) or callable(v)]:
             # built in Python rather than from a config: keep live objects out of the checkpoint
@@ -202,8 +211,12 @@ class LipRegModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_and_reset("test")
 
-    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        return self.net(batch[0])
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        """The network's outputs and, when the batch carries them, the true targets."""
+        step = {"outputs": self.net(batch[0])}
+        if len(batch) > 1:
+            step["targets"] = batch[1]
+        return step
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.net.parameters())

@@ -47,6 +47,20 @@ class CLIP(LipRegModule):
     ascent moves the pair set in place, in cache-sized chunks (``ascend_pairs``). A network with
     batch normalisation in it (its output for a pair depends on the others) gets unchunked passes
     over every pair instead.
+
+    Args:
+        pair_init: where the pair set comes from: ``heldout`` images, each ``batch``, or the input ``box``.
+        num_pairs: the size of a ``box`` pair set.
+        noise: the distribution of the second point's offset, ``gaussian`` or ``uniform``.
+        noise_scale: the standard deviation (or half-width) of that offset.
+        ascent_steps: gradient-ascent steps of the pair set before each parameter step.
+        step_size: the ascent's step size (the first trial step with ``adaptive_step``).
+        adaptive_step: per-pair step sizes, grown on success and halved on failure (Algorithm 1).
+        reinit_every_n_steps: draw a fresh pair set every N steps (null: never).
+        squared: penalise the squared quotient (the reference code's variant).
+        p: the norm on inputs and outputs.
+        active_pairs: ascend only this many top pairs plus a rotating slice each step (null: all).
+        revisit_every: with ``active_pairs``, every pair is ascended at least every this many steps.
     """
 
     #: The penalty is the maximum over the pairs (an active pair set may then skip the others).

@@ -19,6 +19,12 @@ class FGSMTraining(LipRegModule):
     clean/adversarial mix. ``norm`` chooses sign steps (``linf``) or normalised gradient steps
     (``l2``); ``random_start`` starts from a uniform point of the ε-ball ("fast is better than
     free"). Accuracy metrics are on the clean batch. There is no λ.
+
+    Args:
+        epsilon: the attack radius ε.
+        norm: ``linf`` (sign steps) or ``l2`` (normalised gradient steps).
+        random_start: start from a uniform point of the ε-ball.
+        adversarial_weight: the weight w of the adversarial loss (1: adversarial examples only).
     """
 
     def __init__(

@@ -20,6 +20,10 @@ class PTV(LipRegModule):
     batch). The penalty is the mean quotient of the projected pairs. ε (buffer ``epsilon``) shrinks
     each epoch with the ``EpsilonDecay`` callback (the slides: ε ← 0.9·ε). The slides' step
     ``τ ∇ Lip²`` equals ``ascend_pairs``' ``τ' L ∇L`` with ``τ' = 2τ``; ``step_size`` is ``τ'``.
+
+    Args:
+        epsilon: the radius ε of the spheres the pairs are projected onto (shrunk by ``EpsilonDecay``).
+        step_size: the ascent's step size τ'.
     """
 
     def __init__(

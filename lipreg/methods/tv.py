@@ -30,6 +30,13 @@ class TV(LipRegModule):
 
     ``exact=True`` is the ε → 0 limit itself: the mean operator norm ``‖∇f(x)‖₂`` of the input
     Jacobian by ``power_iterations`` steps of power iteration (double backpropagation).
+
+    Args:
+        epsilon: the radius ε of the balls around the training points (shrunk by ``EpsilonDecay``).
+        ascent_steps: ascent steps of each pair inside its ball before the parameter step.
+        step_size: the ascent's step size.
+        exact: penalise the input Jacobian's norm itself (the ε → 0 limit) instead of pairs.
+        power_iterations: power-iteration steps for that norm.
     """
 
     def __init__(

@@ -15,6 +15,9 @@ class WeightDecay(LipRegModule):
     callback can drive μ towards a target accuracy exactly as it drives CLIP's λ (the paper's
     "Weight Reg." rows of Table 1). Norms of the weights bound the Lipschitz constant layer by
     layer (eq. (4)). Logged as ``train/mu``.
+
+    Args:
+        mu: the coefficient μ at the start (``LambdaDiscrepancy`` may move it).
     """
 
     coefficient_name = "mu"
