@@ -1,6 +1,7 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
 from lipreg.callbacks.agreement import ProcessAgreement
+from lipreg.callbacks.insight import PairSetImages, UpperBoundTracking
 from lipreg.callbacks.pgd_validation import PGDValidation
 from lipreg.callbacks.predictions import PredictionWriter
 from lipreg.callbacks.regression_plot import RegressionPlot
@@ -13,11 +14,13 @@ __all__ = [
     "EpsilonDecay",
     "LambdaDiscrepancy",
     "LatestCheckpoint",
+    "PairSetImages",
     "PGDValidation",
     "PredictionWriter",
     "ProcessAgreement",
     "ProgressLine",
     "RegressionPlot",
     "RobustnessEvaluation",
+    "UpperBoundTracking",
     "Warmup",
 ]

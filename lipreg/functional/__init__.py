@@ -4,7 +4,13 @@ Every function returns new tensors and leaves the model's mode and parameter gra
 """
 
 from lipreg.functional.attacks import fgsm, gaussian_noise, pgd
-from lipreg.functional.bounds import certified, lipschitz_lower_bound, lipschitz_upper_bound, logit_margin
+from lipreg.functional.bounds import (
+    certified,
+    lipschitz_lower_bound,
+    lipschitz_upper_bound,
+    logit_margin,
+    tracked_upper_bound,
+)
 from lipreg.functional.pairs import (
     ascend_pairs,
     box_pairs,
@@ -14,6 +20,7 @@ from lipreg.functional.pairs import (
     random_direction_pairs,
 )
 from lipreg.functional.penalties import (
+    input_gradient_penalty,
     jacobian_spectral_norm,
     max_quotient,
     mean_quotient,
@@ -31,9 +38,11 @@ __all__ = [
     "discrepancy_step",
     "fgsm",
     "gaussian_noise",
+    "input_gradient_penalty",
     "jacobian_spectral_norm",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
+    "tracked_upper_bound",
     "logit_margin",
     "max_quotient",
     "mean_quotient",

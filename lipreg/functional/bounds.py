@@ -41,33 +41,26 @@ def lipschitz_lower_bound(
 
 
 def _power_iteration(
-    apply: Callable[[Tensor], Tensor],
-    apply_transpose: Callable[[Tensor], Tensor],
-    shape: tuple[int, ...],
-    iterations: int,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> Tensor:
-    """Largest singular value of a linear operator given ``A x`` and ``Aᵀ y`` (power iteration on AᵀA)."""
-    x = torch.randn(shape, generator=generator).to(device)
+    apply: Callable[[Tensor], Tensor], apply_transpose: Callable[[Tensor], Tensor], start: Tensor, iterations: int
+) -> tuple[Tensor, Tensor]:
+    """Largest singular value of a linear operator given ``A x`` and ``Aᵀ y`` (power iteration on
+    AᵀA from ``start``), and the last unit vector, to start the next estimate from."""
+    x = start
     for _ in range(iterations):
         x = x / x.norm().clamp_min(MIN_DISTANCE)
         x = apply_transpose(apply(x))
     x = x / x.norm().clamp_min(MIN_DISTANCE)
-    return apply(x).norm()
+    return apply(x).norm(), x
 
 
-def layer_operator_norm(
-    layer: nn.Module, input_shape: tuple[int, ...], iterations: int = 100, generator: torch.Generator | None = None
-) -> float:
-    """The L2 operator norm of one layer, for an input of ``input_shape`` (no batch dimension).
-
-    ``Linear``: the largest singular value of the weight (exact). ``Conv2d``: power iteration on
-    the convolution as an operator on ``input_shape`` (padding and stride included), via
-    ``conv2d`` and ``conv_transpose2d``. Biases do not change a Lipschitz constant.
-    """
+def _weight_operator(
+    layer: nn.Module, input_shape: tuple[int, ...]
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], tuple[int, ...]] | None:
+    """``(A, Aᵀ, shape of A's input)`` of a ``Linear`` or ``Conv2d`` layer (padding and stride
+    included, bias left out: it does not change a Lipschitz constant), else ``None``."""
     if isinstance(layer, nn.Linear):
-        return torch.linalg.matrix_norm(layer.weight.detach(), ord=2).item()
+        weight = layer.weight.detach()
+        return (lambda x: x @ weight.T), (lambda y: y @ weight), (1, weight.shape[1])
     if isinstance(layer, nn.Conv2d):
         weight = layer.weight.detach()
         conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
@@ -84,8 +77,26 @@ def layer_operator_norm(
         def apply_transpose(y: Tensor) -> Tensor:
             return F.conv_transpose2d(y, weight, output_padding=extra, **conv)
 
-        sigma = _power_iteration(apply, apply_transpose, (1, *input_shape), iterations, generator, weight.device)
-        return sigma.item()
+        return apply, apply_transpose, (1, *input_shape)
+    return None
+
+
+def layer_operator_norm(
+    layer: nn.Module, input_shape: tuple[int, ...], iterations: int = 100, generator: torch.Generator | None = None
+) -> float:
+    """The L2 operator norm of one layer, for an input of ``input_shape`` (no batch dimension).
+
+    ``Linear``: the largest singular value of the weight (exact). ``Conv2d``: power iteration on
+    the convolution as an operator on ``input_shape`` (padding and stride included), via
+    ``conv2d`` and ``conv_transpose2d``. Biases do not change a Lipschitz constant.
+    """
+    if isinstance(layer, nn.Linear):
+        return torch.linalg.matrix_norm(layer.weight.detach(), ord=2).item()
+    operator = _weight_operator(layer, input_shape)
+    if operator is not None:
+        apply, apply_transpose, shape = operator
+        start = torch.randn(shape, generator=generator).to(layer.weight.device)
+        return _power_iteration(apply, apply_transpose, start, iterations)[0].item()
     for kind, constant in _ACTIVATION_CONSTANTS.items():
         if isinstance(layer, kind):
             return constant
@@ -122,6 +133,38 @@ def lipschitz_upper_bound(
     with torch.no_grad():
         for layer in chain:
             bound *= layer_operator_norm(layer, tuple(x.shape[1:]), iterations, generator)
+            x = layer(x)
+    return bound
+
+
+def tracked_upper_bound(
+    layers: nn.Sequential, input_shape: tuple[int, ...], vectors: dict[int, Tensor], iterations: int = 3
+) -> float:
+    """The layer-product bound ``Π_l Lip(Φ_l)`` (eq. (4)) with ``iterations`` power-iteration steps per
+    ``Linear``/``Conv2d``, each started from its vector of the previous call (kept in ``vectors``).
+
+    For tracking the bound while training: weights move little between calls, so a few steps
+    from the last vectors keep up with :func:`lipschitz_upper_bound`'s 100 from a random start.
+    Power iteration approaches each norm from below, so the first calls can read low.
+    """
+    chain = _flatten_sequential(layers)
+    device = next((t.device for t in layers.parameters()), torch.device("cpu"))
+    bound = 1.0
+    x = torch.zeros(1, *input_shape, device=device)
+    with torch.no_grad():
+        for index, layer in enumerate(chain):
+            operator = _weight_operator(layer, tuple(x.shape[1:]))
+            if operator is None:
+                bound *= layer_operator_norm(layer, tuple(x.shape[1:]))
+            else:
+                apply, apply_transpose, shape = operator
+                start = vectors.get(index)
+                if start is not None:
+                    start = start.to(device)
+                if start is None or start.shape != shape:
+                    start = torch.randn(shape, generator=torch.Generator().manual_seed(index)).to(device)
+                sigma, vectors[index] = _power_iteration(apply, apply_transpose, start, iterations)
+                bound *= sigma.item()
             x = layer(x)
     return bound
 

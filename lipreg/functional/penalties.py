@@ -98,3 +98,23 @@ def jacobian_spectral_norm(
             (v,) = torch.autograd.grad(outputs, x, grad_outputs=jv, retain_graph=True)  # JᵀJv
         v = (v / sample_norm(v).clamp_min(MIN_DISTANCE).view(-1, *([1] * (x.dim() - 1)))).detach()
         return sample_norm(jvp(v, keep_graph=True))
+
+
+def input_gradient_penalty(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """``(1/B) Σ_i ‖∇_{x_i} ℓ(f(x_i), y_i)‖₂²``, the input-gradient penalty of double back-propagation
+    (Drucker & LeCun, 1992), differentiable with respect to the model's parameters.
+
+    ``loss_fn`` is per sample (``[B, out], [B] -> [B]``), so the gradient of their sum with respect
+    to the batch holds each sample's own input gradient. With the loss's gradient in place of the
+    network's, it is the squared form of TV's ε → 0 limit ``∫‖∇f‖`` (FLIP slides).
+    """
+    with torch.enable_grad():
+        x = differentiable_copy(x)
+        losses = loss_fn(model(x), y)
+        (grad,) = torch.autograd.grad(losses.sum(), x, create_graph=True)
+    return grad.flatten(1).square().sum(dim=1).mean()

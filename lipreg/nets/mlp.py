@@ -5,7 +5,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from lipreg.nets.normalize import Normalize
+from lipreg.nets.normalize import Normalize, spectrally_normalised
 
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -23,6 +23,20 @@ class MLP(nn.Module):
     paper's MNIST net), ``[784, 200, 80, 10]`` (the CLIP reference code's net) or
     ``[1, 500, 200, 100, 1]`` (the paper's regression net). The activation follows every hidden
     layer, never the output.
+
+    With ``spectral_norm`` every ``Linear`` is wrapped in PyTorch's
+    ``torch.nn.utils.parametrizations.spectral_norm``: its weight is divided by its largest
+    singular value, estimated by power iteration (one step per training forward), so each layer is
+    1-Lipschitz and the layer-product bound of the whole network is ``1/std`` (1 with the default
+    ``std``) once the iteration has converged: measured on 784-64-64-10, 1.01 after 30 steps,
+    1.002 after 130 and 1 to 6 digits after a few hundred, i.e. within the first MNIST epoch.
+
+    Args:
+        widths: every layer size from input to output.
+        activation: the hidden layers' activation.
+        mean: subtracted from the input (per channel, or one number).
+        std: the input is divided by it after ``mean``.
+        spectral_norm: spectrally normalise every ``Linear``.
     """
 
     def __init__(
@@ -31,6 +45,7 @@ class MLP(nn.Module):
         activation: Activation = "relu",
         mean: float | Sequence[float] = 0.0,
         std: float | Sequence[float] = 1.0,
+        spectral_norm: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) < 2 or any(w < 1 for w in widths):
@@ -42,7 +57,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(widths) - 2:
                 layers.append(ACTIVATIONS[activation]())
-        self.layers = nn.Sequential(*layers)
+        self.layers = spectrally_normalised(nn.Sequential(*layers)) if spectral_norm else nn.Sequential(*layers)
         self.in_features = widths[0]
         self.out_features = widths[-1]
 

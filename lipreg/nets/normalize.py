@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations
 
 
 class Normalize(nn.Module):
@@ -30,3 +31,12 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def spectrally_normalised(layers: nn.Sequential) -> nn.Sequential:
+    """``layers`` with every ``Linear`` and ``Conv2d`` wrapped in PyTorch's ``spectral_norm``
+    parametrisation (``weight / σ_max(weight as a matrix)``, σ by power iteration)."""
+    for index, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            layers[index] = parametrizations.spectral_norm(layer)
+    return layers

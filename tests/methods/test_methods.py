@@ -5,8 +5,22 @@ import torch
 from torch import nn
 
 from lipreg.errors import LipregError
+from lipreg.functional import fgsm, input_gradient_penalty, pgd
+from lipreg.functional.losses import per_sample_cross_entropy
 from lipreg.functional.quotients import sample_norm
-from lipreg.methods import CLIP, PTV, TV, FGSMTraining, LipRegModule, Standard, SumFLIP, WeightDecay
+from lipreg.methods import (
+    CLIP,
+    PTV,
+    TV,
+    AdversarialTraining,
+    FGSMTraining,
+    GradientPenalty,
+    LipRegModule,
+    Standard,
+    SumFLIP,
+    WeightDecay,
+    adversarial,
+)
 from lipreg.nets import MLP
 
 from ..helpers import BlobsDataModule, quiet_trainer
@@ -28,6 +42,8 @@ METHODS = {
     "PTV": lambda: PTV(small_net(), lam=0.5, epsilon=0.1),
     "WeightDecay": lambda: WeightDecay(small_net(), mu=0.01),
     "FGSMTraining": lambda: FGSMTraining(small_net(), epsilon=0.05, adversarial_weight=0.5),
+    "AdversarialTraining": lambda: AdversarialTraining(small_net(), epsilon=0.1, norm="l2", steps=3, step_size=0.05),
+    "GradientPenalty": lambda: GradientPenalty(small_net(), lam=0.5),
 }
 
 
@@ -136,6 +152,49 @@ def test_fgsm_training_uses_the_adversarial_loss():
     assert torch.allclose(output, module.net(x)) and loss > clean
 
 
+@pytest.mark.parametrize("random_start", [False, True])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fgsm_training_is_the_one_step_case_of_pgd_training(norm: str, random_start: bool,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    # FGSMTraining is AdversarialTraining with one step of size ε: its examples are FGSM's
+    module = FGSMTraining(small_net(), epsilon=0.1, norm=norm, random_start=random_start)
+    module.input_box = (0.0, 1.0)
+    x, y = torch.rand(16, 2), torch.randint(0, 3, (16,))
+    seen = []
+    monkeypatch.setattr(adversarial, "pgd", lambda *a, **k: seen.append(pgd(*a, **k)) or seen[-1])
+    module.data_term(x, y)
+    expected = fgsm(module.net, x, y, 0.1, norm, per_sample_cross_entropy, (0.0, 1.0), random_start,
+                    module.step_generator(x.device))
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    assert module.steps == 1 and module.step_size == 0.1 and "steps" not in module.hparams
+
+
+def test_pgd_training_examples_are_stronger_than_fgsm_and_stay_in_the_ball():
+    torch.manual_seed(1)
+    x, y = torch.rand(64, 2), torch.randint(0, 3, (64,))
+    pgd_module = AdversarialTraining(small_net(), epsilon=0.2, norm="l2", steps=10, step_size=0.05,
+                                     random_start=False)
+    fgsm_module = FGSMTraining(small_net(), epsilon=0.2, norm="l2")
+    _, pgd_loss = pgd_module.data_term(x, y)
+    _, fgsm_loss = fgsm_module.data_term(x, y)
+    assert pgd_loss >= fgsm_loss - 1e-6
+
+
+def test_gradient_penalty_is_the_mean_squared_norm_of_each_samples_input_gradient():
+    module = GradientPenalty(small_net(), lam=1.0)
+    x, y = torch.rand(5, 2), torch.randint(0, 3, (5,))
+    expected = []
+    for i in range(5):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(module.net(xi), y[i : i + 1]), xi)
+        expected.append(grad.square().sum())
+    value = module.penalty(x, y).value
+    assert value.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    value.backward()  # differentiable in the parameters (double back-propagation)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.net.parameters())
+    assert input_gradient_penalty(module.net, x, y, per_sample_cross_entropy).item() == pytest.approx(value.item())
+
+
 @pytest.mark.parametrize(
     "build,match",
     [
@@ -145,6 +204,7 @@ def test_fgsm_training_uses_the_adversarial_loss():
         (lambda: CLIP(small_net(), pair_init="grid"), "pair_init"),
         (lambda: TV(small_net(), epsilon=0.0), "epsilon"),
         (lambda: FGSMTraining(small_net(), adversarial_weight=2.0), "adversarial_weight"),
+        (lambda: AdversarialTraining(small_net(), steps=0), "steps"),
     ],
 )
 def test_bad_arguments_name_the_value(build, match):
@@ -158,7 +218,8 @@ def test_a_network_with_the_wrong_output_size_is_refused_with_a_clear_message():
         quiet_trainer(max_epochs=1).fit(module, BlobsDataModule())
 
 
-@pytest.mark.parametrize("name", ["PTV", "WeightDecay", "Standard", "FGSMTraining"])
+@pytest.mark.parametrize("name", ["PTV", "WeightDecay", "Standard", "FGSMTraining", "AdversarialTraining",
+                                  "GradientPenalty"])
 def test_load_from_checkpoint_on_the_base_class_returns_the_trained_method(tmp_path, name):
     module = METHODS[name]()
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path)
