@@ -28,7 +28,18 @@ from timing import EpochTimer
 from torch.utils.flop_counter import FlopCounterMode
 
 from lipreg.data import MNISTDataModule
-from lipreg.methods import CLIP, PTV, TV, FGSMTraining, LipRegModule, Standard, SumFLIP, WeightDecay
+from lipreg.methods import (
+    CLIP,
+    PTV,
+    TV,
+    AdversarialTraining,
+    FGSMTraining,
+    GradientPenalty,
+    LipRegModule,
+    Standard,
+    SumFLIP,
+    WeightDecay,
+)
 from lipreg.nets import MLP
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +52,11 @@ def sgd(parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
 def net() -> MLP:
     torch.manual_seed(0)
     return MLP([784, 200, 80, 10], activation="relu")
+
+
+def spectral_net() -> MLP:
+    torch.manual_seed(0)
+    return MLP([784, 200, 80, 10], activation="relu", spectral_norm=True)
 
 
 def paper_net() -> MLP:
@@ -58,6 +74,10 @@ METHODS: dict[str, Callable[[], LipRegModule]] = {
     "pTV": lambda: PTV(net(), lam=0.01, epsilon=1.0, step_size=0.1, optimizer=sgd),
     "WeightDecay": lambda: WeightDecay(net(), mu=1e-4, optimizer=sgd),
     "FGSMTraining": lambda: FGSMTraining(net(), epsilon=0.1, adversarial_weight=0.5, optimizer=sgd),
+    "PGD training (10 steps)": lambda: AdversarialTraining(net(), epsilon=1.0, norm="l2", steps=10, step_size=0.25,
+                                                           optimizer=sgd),
+    "GradientPenalty": lambda: GradientPenalty(net(), lam=0.01, optimizer=sgd),
+    "Standard, spectral norm": lambda: Standard(spectral_net(), optimizer=sgd),
     "CLIP reference (500, adaptive)": lambda: CLIP(
         net(), lam=0.01, pair_init="heldout", num_pairs=500, step_size=0.1, adaptive_step=True, optimizer=sgd
     ),

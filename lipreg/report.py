@@ -166,6 +166,31 @@ def robustness_figure(results: Sequence[dict[str, Any]]) -> "Figure":
     return figure
 
 
+def tradeoff_figure(results: Sequence[dict[str, Any]]) -> "Figure | None":
+    """Robust against clean accuracy, one point per run, one panel per ε of the robust curve
+    (``None`` when no run has one): where each method sits on the trade-off."""
+    radii = sorted({e for r in results for e, _ in r["curves"].get("robust") or []})
+    if not radii or any(r["metric"] != "accuracy" for r in results):
+        return None
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(radii), figsize=(4.6 * len(radii), 4.2), squeeze=False)
+    for axis, epsilon in zip(axes[0], radii, strict=True):
+        for index, result in enumerate(results):
+            robust = dict(result["curves"].get("robust") or []).get(epsilon)
+            if robust is None:
+                continue
+            axis.scatter(100 * result["clean"], 100 * robust, marker=MARKERS[index % len(MARKERS)], s=60,
+                         label=run_label(result))
+        axis.set_xlabel("clean accuracy (%)")
+        axis.set_ylabel("robust accuracy (%)")
+        axis.set_ylim(0, 100)
+        axis.set_title(f"robust (worst case) at ε={epsilon:g} against clean", fontsize="medium")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+    figure.tight_layout()
+    return figure
+
+
 def close_figure(figure: "Figure") -> None:
     """Free a figure's memory once it is saved or logged."""
     pyplot().close(figure)
@@ -282,4 +307,10 @@ def compare(argv: Sequence[str] | None = None) -> None:
     figure = robustness_figure(results)
     figure.savefig(output / "comparison.png", dpi=120)
     close_figure(figure)
-    print(f"wrote {output / 'comparison.csv'} and {output / 'comparison.png'}")
+    written = [output / "comparison.csv", output / "comparison.png"]
+    tradeoff = tradeoff_figure(results)
+    if tradeoff is not None:
+        tradeoff.savefig(output / "robust_vs_clean.png", dpi=120)
+        close_figure(tradeoff)
+        written.append(output / "robust_vs_clean.png")
+    print("wrote " + ", ".join(str(p) for p in written))

@@ -26,7 +26,8 @@ def test_attack_benchmark_prints_the_pgd_ratio(data_dir: Path):
 def test_regulariser_benchmark_prints_a_row_per_method(data_dir: Path):
     out = run_benchmark("regularisers.py", "--data-dir", str(data_dir), "--limit-batches", "2")
     table = out.split("ratios to Standard")[1]
-    for method in ("Standard", "CLIP", "SumFLIP", "TV", "pTV", "WeightDecay", "FGSMTraining"):
+    for method in ("Standard", "CLIP", "SumFLIP", "TV", "pTV", "WeightDecay", "FGSMTraining", "PGD training",
+                   "GradientPenalty", "Standard, spectral norm"):
         assert re.search(rf"^{method}\s+\d+\.\d+", table, re.MULTILINE), out
 
 

@@ -53,3 +53,18 @@ def test_flip_comparison_writes_curves_and_times(tmp_path: Path, data_dir: Path)
     results = flip_comparison.main(args)
     assert list(results) == ["STA", "SUM FLIP", "TV", "pTV", "ADV FGSM"]
     assert {"comparison.png", "comparison.csv", "times.md", "flip.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_method_comparison_runs_its_rows_and_keeps_finished_ones(tmp_path: Path, data_dir: Path):
+    from experiments import method_comparison
+
+    args = ["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1", "--limit-batches", "2",
+            "--sample-size", "20", "--lipschitz-size", "200", "--rows", "Spectral norm", "CLIP90"]
+    results = method_comparison.main(args)
+    assert set(results) == {"Spectral norm", "CLIP90"}
+    for row in results.values():
+        assert {"robust@0.5", "robust@1", "robust@2", "certified@2", "lip_upper", "seconds_per_epoch"} <= set(row)
+        assert row["lip_lower"] <= row["lip_upper"]
+    assert "| CLIP90 |" in (tmp_path / "comparison.md").read_text()
+    again = method_comparison.main(args)  # finished rows are kept, not trained again
+    assert again == results

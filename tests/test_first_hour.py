@@ -17,7 +17,7 @@ from lipreg.data.mnist import MNISTDataModule
 from lipreg.errors import LipregError
 from lipreg.methods import Standard
 from lipreg.nets import MLP
-from lipreg.report import load_results, robustness_figure
+from lipreg.report import load_results, robustness_figure, tradeoff_figure
 
 from .helpers import BlobsDataModule
 
@@ -314,3 +314,14 @@ def test_a_misspelt_option_is_one_error_line_with_the_closest_valid_one(wrong: s
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("lipreg: error:") and f"did you mean {right}?" in err[0]
     assert len(err) == 2 and "--help" in err[1]
+
+
+def test_compare_draws_robust_against_clean_accuracy_one_point_per_run(tmp_path: Path):
+    for index, robust in enumerate((0.1, 0.4)):
+        _fake_result(tmp_path / "runs", f"run{index}", "CLIP", f"/r/best-{index}.ckpt", 0.8 + index / 10, robust)
+    run(["compare", str(tmp_path / "runs"), "--output", str(tmp_path / "cmp")])
+    assert (tmp_path / "cmp" / "robust_vs_clean.png").is_file()
+    figure = tradeoff_figure(load_results(tmp_path / "runs"))
+    (axis,) = figure.axes
+    points = sorted(tuple(c.get_offsets()[0]) for c in axis.collections)
+    assert points == [(90.0, pytest.approx(10.0)), (90.0, pytest.approx(40.0))]
