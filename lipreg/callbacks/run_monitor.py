@@ -83,8 +83,10 @@ class DivergenceGuard(L.Callback):
 
     Every step records, on the device, the first step whose training objective is not finite
     (no host synchronisation). The record is read on the host every ``check_every`` steps (default:
-    every step on a CPU, where reading it costs nothing; every 50 steps on an accelerator), before
-    validation and at the end of each epoch, together with one finiteness check of the parameters.
+    every step on a single CPU process, where reading it costs nothing; every 50 steps on an
+    accelerator or under DDP, where the processes also agree by one all-reduce so that they stop
+    together), before validation and at the end of each epoch, with one finiteness check of the
+    parameters.
     A divergence ends the run with ``lipreg: error: training diverged …`` naming the epoch, the
     step and the quantity. Checkpoint callbacks run after this one, so no checkpoint of the
     diverged weights is written and the last good one stays the newest. ``lipreg fit`` adds it.
@@ -105,7 +107,7 @@ class DivergenceGuard(L.Callback):
         self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self._first_value = torch.zeros((), device=device)
         if self.check_every is None:
-            self.check_every = 1 if device.type == "cpu" else 50
+            self.check_every = 1 if device.type == "cpu" and trainer.world_size == 1 else 50
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -135,11 +137,17 @@ class DivergenceGuard(L.Callback):
         elif parameters and not parameters_finite(pl_module):
             step, quantity = trainer.global_step, "a network parameter is not finite"
         else:
+            quantity = ""
+        if trainer.world_size > 1:  # every process stops together, or none waits for the others forever
+            if not trainer.strategy.reduce_boolean_decision(bool(quantity), all=False):
+                return
+            quantity = quantity or "another process's training loss or parameters are not finite"
+        elif not quantity:
             return
-        epoch = trainer.current_epoch
         raise LipregError(
-            f"training diverged at epoch {epoch}, step {step}: {quantity}; no checkpoint of it was written. "
-            "Lower the learning rate (--model.init_args.optimizer.init_args.lr) or the regularisation coefficient"
+            f"training diverged at epoch {trainer.current_epoch}, step {max(step, 0)}: {quantity}; no checkpoint of "
+            "it was written. Lower the learning rate (--model.init_args.optimizer.init_args.lr) or the "
+            "regularisation coefficient"
         )
 
 
