@@ -130,9 +130,11 @@ class LipRegCLI(LightningCLI):
             callbacks.append(ProgressLine())
 
     def after_fit(self) -> None:
-        if self.config.fit.quiet or not self.trainer.is_global_zero:
+        if self.config.fit.quiet:
             return
-        print(fit_summary(self.trainer, self.config.fit.get("config")))
+        log_dir = self.trainer.log_dir  # a collective under DDP: every process asks, rank 0 prints
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, log_dir, self.config.fit.get("config")))
 
     def before_test(self) -> None:
         self._drop_checkpointing()
@@ -205,9 +207,9 @@ def shown(path: str | Path) -> str:
         return str(path)
 
 
-def fit_summary(trainer: L.Trainer, configs: list | None) -> str:
-    """Where the run is, which checkpoints it wrote, and the command that evaluates the best one."""
-    lines = [f"run directory: {shown(trainer.log_dir or '.')}"]
+def fit_summary(trainer: L.Trainer, log_dir: str | None, configs: list | None) -> str:
+    """Where the run is (``log_dir``), which checkpoints it wrote, and the command that evaluates the best one."""
+    lines = [f"run directory: {shown(log_dir or '.')}"]
     best = None
     for callback in trainer.checkpoint_callbacks:
         if not isinstance(callback, ModelCheckpoint) or not callback.best_model_path:
@@ -223,7 +225,7 @@ def fit_summary(trainer: L.Trainer, configs: list | None) -> str:
             lines.append(f"checkpoint: {shown(callback.best_model_path)}")
     target = best or next((c.best_model_path for c in trainer.checkpoint_callbacks
                            if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
-    run_config = Path(trainer.log_dir or ".") / "config.yaml"
+    run_config = Path(log_dir or ".") / "config.yaml"
     if target:
         config = shown(run_config) if run_config.is_file() else " ".join(str(c) for c in configs or [])
         quoted = shlex.quote(shown(target))
