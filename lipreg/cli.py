@@ -2,6 +2,7 @@
 
 import shlex
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,8 @@ def check_writable(directory: Path) -> None:
     """A one-line error unless ``directory`` exists or can be created, and can be written to."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".lipreg-write-test"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=directory):  # a file of its own: processes may probe at once
+            pass
     except OSError as error:
         raise LipregError(
             f"cannot write run outputs to {directory.resolve()} ({error.strerror}); "
