@@ -259,5 +259,14 @@ def run(args: ArgsType = None) -> LipRegCLI | None:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``lipreg`` command and ``python -m lipreg``."""
+    """Entry point of the ``lipreg`` command and ``python -m lipreg``.
+
+    After a successful distributed run the process group is destroyed before the interpreter
+    exits: otherwise gloo's worker threads may still hold tensors during finalisation and the
+    process aborts (``terminate called without an active exception``) after finishing its work.
+    After an error it is left alone, since destroying it while other processes still wait in a
+    collective can hang.
+    """
     run(args)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

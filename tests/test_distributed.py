@@ -150,3 +150,21 @@ def test_two_nodes_through_torchrun(tmp_path: Path):
         assert node.returncode == 0, err[-3000:]
     assert "max_epochs=3` reached" in outputs[0][1]
     assert list(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))
+
+
+def test_entry_point_destroys_the_process_group_after_a_run(monkeypatch: pytest.MonkeyPatch):
+    """Left alive, gloo's threads may abort the interpreter at exit (``terminate called without an
+    active exception``, exit code -6) after a DDP run that finished its work."""
+    import lipreg.cli
+
+    monkeypatch.setattr(lipreg.cli, "run", lambda args=None: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        lipreg.cli.main([])
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
