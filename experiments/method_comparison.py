@@ -12,7 +12,12 @@ L2 ε = 0.5, 1, 2; certified accuracy at those radii from the layer-product boun
 lower and upper bounds) and the row records its median training seconds per epoch. The table goes
 to ``OUT/comparison.md`` and ``.json``; ``lipreg compare OUT`` draws robust against clean accuracy.
 ``--epochs`` and ``--sample-size`` give a budget for CPUs; rows already in ``comparison.json``
-are kept when the command runs again.
+are kept when the command runs again. A method's knob is set with ``--set KEY VALUE`` (any
+``lipreg fit`` option) and the row then stored under ``--label``, e.g. PGD training at a larger
+radius::
+
+    python -m experiments.method_comparison --rows "PGD training" --label "PGD training, ε=2.5" \
+        --set model.init_args.epsilon 2.5 --set model.init_args.step_size 0.625
 """
 
 import argparse
@@ -68,6 +73,8 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
                       "--evaluation.square_queries", "20", "--evaluation.pgd_steps", "5"]
     if config == "mnist_clip":
         overrides += ["--data.init_args.lipschitz_size", str(args.lipschitz_size)]
+    for key, value in args.set or []:
+        overrides += [f"--{key}", value]
     cli = configured_run(config, out, *overrides)
     if target is not None:
         set_target(cli.trainer, target, args.lambda_step * (2e-3 if config == "mnist_weight_decay" else 1.0))
@@ -85,7 +92,13 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
         "lip_lower": result["lipschitz"]["lower"], "lip_upper": result["lipschitz"]["upper"],
         "coefficient": result.get("coefficient", {}),
         "seconds_per_epoch": statistics.median(timer.seconds), "checkpoint": result["checkpoint"],
+        "settings": {key: value for key, value in args.set or []},
     }
+
+
+def run_directory_name(label: str) -> str:
+    """A row's directory below OUT: its label with spaces as underscores, dots, commas and '=' dropped."""
+    return "".join("_" if c == " " else c for c in label if c not in ".,=")
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -111,14 +124,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--sample-size", type=int, default=None, help="test images attacked (default: all)")
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (smoke runs)")
     parser.add_argument("--rows", nargs="*", default=None, choices=list(ROWS), help="only these rows")
+    parser.add_argument("--set", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                        help="a lipreg fit option for the rows run, e.g. --set model.init_args.epsilon 2.5")
+    parser.add_argument("--label", default=None, help="store the (single) row run under this name")
     args = parser.parse_args(argv)
+    if args.label is not None and len(args.rows or []) != 1:
+        parser.error("--label names one row: give exactly one --rows")
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "comparison.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
     for name in ROWS:
-        if (args.rows and name not in args.rows) or name in results:
+        label = args.label or name
+        if (args.rows and name not in args.rows) or label in results:
             continue
-        results[name] = run_row(name, args, args.out / name.replace(" ", "_").replace(".", ""))
+        results[label] = run_row(name, args, args.out / run_directory_name(label))
         saved.write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (args.out / "comparison.md").write_text(text)

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from experiments import attack_ensemble, checkpoint_choice, flip_comparison, regression_figure2, table1
 
 
@@ -68,3 +70,18 @@ def test_method_comparison_runs_its_rows_and_keeps_finished_ones(tmp_path: Path,
     assert "| CLIP90 |" in (tmp_path / "comparison.md").read_text()
     again = method_comparison.main(args)  # finished rows are kept, not trained again
     assert again == results
+
+
+def test_method_comparison_sets_a_knob_and_stores_the_row_under_its_label(tmp_path: Path, data_dir: Path):
+    from experiments import method_comparison
+
+    args = ["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1", "--limit-batches", "2",
+            "--sample-size", "20", "--rows", "FGSM training", "--label", "FGSM training, ε=0.3",
+            "--set", "model.init_args.epsilon", "0.3"]
+    results = method_comparison.main(args)
+    assert set(results) == {"FGSM training, ε=0.3"}
+    assert results["FGSM training, ε=0.3"]["settings"] == {"model.init_args.epsilon": "0.3"}
+    config = next((tmp_path / "FGSM_training_ε03").glob("**/config.yaml")).read_text()
+    assert "epsilon: 0.3" in config
+    with pytest.raises(SystemExit):
+        method_comparison.main([*args, "--rows", "FGSM training", "PGD training"])
