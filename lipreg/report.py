@@ -255,8 +255,19 @@ def natural_key(text: str) -> list[Any]:
     return [float(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
 
 
-def load_results(directory: Path) -> list[dict[str, Any]]:
-    """Every ``robustness.json`` below ``directory``, labelled and sorted for comparison.
+def _shown_folder(folder: Path, directories: Sequence[Path]) -> str:
+    """``folder`` relative to the given directory it lies in (with that directory's name when there are several)."""
+    for directory in directories:
+        if folder == directory:
+            return folder.name
+        if folder.is_relative_to(directory):
+            relative = folder.relative_to(directory)
+            return str(directory.name / relative if len(directories) > 1 else relative)
+    return str(folder)
+
+
+def load_results(*directories: Path) -> list[dict[str, Any]]:
+    """Every ``robustness.json`` below the given directories, labelled and sorted for comparison.
 
     Each run is named by its method and checkpoint (``CLIP best-epoch=12-pgd_acc=0.412``,
     ``Standard (untrained)``), plus the config values in which its ``config.yaml`` differs from
@@ -264,10 +275,11 @@ def load_results(directory: Path) -> list[dict[str, Any]]:
     sorted by method, then by name with numbers in order; untrained runs are flagged ``untrained``.
     """
     found = []
-    for path in directory.rglob(RESULT_FILE):
-        result = json.loads(path.read_text())
-        result["untrained"] = not result.get("checkpoint")
-        found.append((path.parent, result, flat_config(path.parent / "config.yaml")))
+    for directory in directories:
+        for path in sorted(directory.rglob(RESULT_FILE)):
+            result = json.loads(path.read_text())
+            result["untrained"] = not result.get("checkpoint")
+            found.append((path.parent, result, flat_config(path.parent / "config.yaml")))
     for method in {result["method"] for _, result, _ in found}:
         group = [(result, config) for _, result, config in found if result["method"] == method]
         keys = set().union(*(config for _, config in group))
@@ -279,24 +291,30 @@ def load_results(directory: Path) -> list[dict[str, Any]]:
     names = [result["name"] for _, result, _ in found]
     for folder, result, _ in found:
         if names.count(result["name"]) > 1:
-            result["name"] += f" [{folder.relative_to(directory) if folder != directory else folder.name}]"
+            result["name"] += f" [{_shown_folder(folder, directories)}]"
     found.sort(key=lambda item: (item[1]["method"], natural_key(item[1]["name"])))
     return [result for _, result, _ in found]
 
 
 def compare(argv: Sequence[str] | None = None) -> None:
-    """``lipreg compare DIR``: one table and one plot of every ``lipreg test`` result below DIR."""
+    """``lipreg compare DIR [DIR …]``: one table and one plot of every ``lipreg test`` result below the DIRs."""
     parser = argparse.ArgumentParser(
         prog="lipreg compare", description="Compare the robustness results of several runs."
     )
-    parser.add_argument("directory", type=Path, help="folder searched for robustness.json files (e.g. lightning_logs)")
-    parser.add_argument("--output", type=Path, default=None, help="where to write comparison.csv/.png (default: DIR)")
+    parser.add_argument("directories", type=Path, nargs="+", metavar="DIR",
+                        help="folders searched for robustness.json files (e.g. lightning_logs)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write comparison.csv/.png (default: the first DIR)")
     args = parser.parse_args(argv)
-    results = load_results(args.directory)
+    missing = [str(d) for d in args.directories if not d.is_dir()]
+    if missing:
+        parser.exit(2, f"lipreg compare: error: no such directory: {', '.join(missing)}\n")
+    results = load_results(*args.directories)
     if not results:
-        parser.exit(2, f"lipreg compare: error: no {RESULT_FILE} found below {args.directory}; run lipreg test first\n")
+        searched = " ".join(str(d) for d in args.directories)
+        parser.exit(2, f"lipreg compare: error: no {RESULT_FILE} found below {searched}; run lipreg test first\n")
     print(format_table(results))
-    output = args.output or args.directory
+    output = args.output or args.directories[0]
     output.mkdir(parents=True, exist_ok=True)
     with (output / "comparison.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

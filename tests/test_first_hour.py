@@ -325,3 +325,17 @@ def test_compare_draws_robust_against_clean_accuracy_one_point_per_run(tmp_path:
     (axis,) = figure.axes
     points = sorted(tuple(c.get_offsets()[0]) for c in axis.collections)
     assert points == [(90.0, pytest.approx(10.0)), (90.0, pytest.approx(40.0))]
+
+
+def test_compare_takes_several_directories_and_names_a_missing_one(tmp_path: Path, capsys: pytest.CaptureFixture):
+    _fake_result(tmp_path / "first", "run", "CLIP", "/r/best-1.ckpt", 0.9, 0.3)
+    _fake_result(tmp_path / "second", "run", "CLIP", "/r/best-1.ckpt", 0.9, 0.4)
+    names = [r["name"] for r in load_results(tmp_path / "first", tmp_path / "second")]
+    assert names == ["CLIP best-1 [first/run]", "CLIP best-1 [second/run]"]
+    run(["compare", str(tmp_path / "first"), str(tmp_path / "second")])
+    assert (tmp_path / "first" / "robust_vs_clean.png").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run(["compare", str(tmp_path / "first"), str(tmp_path / "nowhere")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"lipreg compare: error: no such directory: {tmp_path / 'nowhere'}"
