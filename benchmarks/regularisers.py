@@ -24,9 +24,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from timing import EpochTimer
 from torch.utils.flop_counter import FlopCounterMode
 
+from lipreg.callbacks import EpochTimer
 from lipreg.data import MNISTDataModule
 from lipreg.methods import (
     CLIP,

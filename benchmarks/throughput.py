@@ -25,11 +25,10 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from timing import EpochTimer
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from lipreg.callbacks import DivergenceGuard, ProgressLine
+from lipreg.callbacks import DivergenceGuard, EpochTimer, ProgressLine
 from lipreg.cli import LipRegCLI
 from lipreg.nets import MLP
 

@@ -23,12 +23,10 @@ radius::
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-import lightning as L
-
 from experiments.common import configured_run, evaluation_of, set_target
+from lipreg.callbacks import EpochTimer
 
 #: Row name → (config, target accuracy of the discrepancy rule or None).
 ROWS = {
@@ -48,19 +46,6 @@ EVALUATION = [
 ]
 
 
-class EpochSeconds(L.Callback):
-    """Wall time of every training epoch (validation excluded)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds.append(time.perf_counter() - self.start)
-
-
 def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
     config, target = ROWS[name]
     overrides = ["--data.init_args.data_dir", args.data_dir, "--trainer.max_epochs", str(args.epochs), *EVALUATION]
@@ -78,7 +63,7 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
     cli = configured_run(config, out, *overrides)
     if target is not None:
         set_target(cli.trainer, target, args.lambda_step * (2e-3 if config == "mnist_weight_decay" else 1.0))
-    timer = EpochSeconds()
+    timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
@@ -91,7 +76,7 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
         **{f"certified@{r:g}": 100 * certified[r] for r in RADII if r in certified},
         "lip_lower": result["lipschitz"]["lower"], "lip_upper": result["lipschitz"]["upper"],
         "coefficient": result.get("coefficient", {}),
-        "seconds_per_epoch": statistics.median(timer.seconds), "checkpoint": result["checkpoint"],
+        "seconds_per_epoch": statistics.median(timer.times), "checkpoint": result["checkpoint"],
         "settings": {key: value for key, value in args.set or []},
     }
 

@@ -6,11 +6,12 @@ from lipreg.callbacks.pgd_validation import PGDValidation
 from lipreg.callbacks.predictions import PredictionWriter
 from lipreg.callbacks.regression_plot import RegressionPlot
 from lipreg.callbacks.robustness import RobustnessEvaluation
-from lipreg.callbacks.run_monitor import DivergenceGuard, LatestCheckpoint, ProgressLine
+from lipreg.callbacks.run_monitor import DivergenceGuard, EpochTimer, LatestCheckpoint, ProgressLine
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
 __all__ = [
     "DivergenceGuard",
+    "EpochTimer",
     "EpsilonDecay",
     "LambdaDiscrepancy",
     "LatestCheckpoint",

@@ -25,6 +25,38 @@ def _format(value: float) -> str:
     return f"{value:.4g}"
 
 
+class EpochTimer(L.Callback):
+    """Wall time of every training epoch in ``times`` (seconds), validation excluded.
+
+    Lightning validates inside the training epoch (before ``on_train_epoch_end``), so the clock is
+    paused from ``on_validation_start`` to ``on_validation_end``.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start: float | None = None  # set while the clock runs
+        self._paused = False
+        self._elapsed = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._elapsed, self._start, self._paused = 0.0, time.perf_counter(), False
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            self._elapsed += time.perf_counter() - self._start
+            self._start, self._paused = None, True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._paused:
+            self._start, self._paused = time.perf_counter(), False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            self._elapsed += time.perf_counter() - self._start
+        self._start, self._paused = None, False
+        self.times.append(self._elapsed)
+
+
 class ProgressLine(L.Callback):
     """Prints one line per epoch with the run's metrics, e.g.
     ``epoch 3/50  train/loss 0.3121  train/acc 0.9121  train/lambda 0.15  val/acc 0.9012  val/pgd_acc 0.3412  12.3 s``.
