@@ -117,6 +117,21 @@ def layer_operator_norm(
     )
 
 
+def _layer_product(
+    layers: nn.Module, input_shape: tuple[int, ...], layer_norm: Callable[[int, nn.Module, tuple[int, ...]], float]
+) -> float:
+    """``Π_l layer_norm(l, Φ_l, input shape of Φ_l)`` over the flattened chain ``layers``; each layer's input
+    shape is found by one forward pass of a zero input of ``input_shape``."""
+    device = next((t.device for t in layers.parameters()), torch.device("cpu"))
+    bound = 1.0
+    x = torch.zeros(1, *input_shape, device=device)
+    with torch.no_grad():
+        for index, layer in enumerate(_flatten_sequential(layers)):
+            bound *= layer_norm(index, layer, tuple(x.shape[1:]))
+            x = layer(x)
+    return bound
+
+
 def lipschitz_upper_bound(
     layers: nn.Sequential, input_shape: tuple[int, ...], iterations: int = 100, seed: int = 0
 ) -> float:
@@ -126,15 +141,8 @@ def lipschitz_upper_bound(
     input shape is found by one forward pass of a zero input of ``input_shape``.
     """
     generator = torch.Generator().manual_seed(seed)
-    chain = _flatten_sequential(layers)
-    device = next((t.device for t in layers.parameters()), torch.device("cpu"))
-    bound = 1.0
-    x = torch.zeros(1, *input_shape, device=device)
-    with torch.no_grad():
-        for layer in chain:
-            bound *= layer_operator_norm(layer, tuple(x.shape[1:]), iterations, generator)
-            x = layer(x)
-    return bound
+    return _layer_product(layers, input_shape,
+                          lambda _, layer, shape: layer_operator_norm(layer, shape, iterations, generator))
 
 
 def tracked_upper_bound(
@@ -147,26 +155,19 @@ def tracked_upper_bound(
     from the last vectors keep up with :func:`lipschitz_upper_bound`'s 100 from a random start.
     Power iteration approaches each norm from below, so the first calls can read low.
     """
-    chain = _flatten_sequential(layers)
-    device = next((t.device for t in layers.parameters()), torch.device("cpu"))
-    bound = 1.0
-    x = torch.zeros(1, *input_shape, device=device)
-    with torch.no_grad():
-        for index, layer in enumerate(chain):
-            operator = _weight_operator(layer, tuple(x.shape[1:]))
-            if operator is None:
-                bound *= layer_operator_norm(layer, tuple(x.shape[1:]))
-            else:
-                apply, apply_transpose, shape = operator
-                start = vectors.get(index)
-                if start is not None:
-                    start = start.to(device)
-                if start is None or start.shape != shape:
-                    start = torch.randn(shape, generator=torch.Generator().manual_seed(index)).to(device)
-                sigma, vectors[index] = _power_iteration(apply, apply_transpose, start, iterations)
-                bound *= sigma.item()
-            x = layer(x)
-    return bound
+
+    def warm_started_norm(index: int, layer: nn.Module, shape: tuple[int, ...]) -> float:
+        operator = _weight_operator(layer, shape)
+        if operator is None:
+            return layer_operator_norm(layer, shape)
+        apply, apply_transpose, vector_shape = operator
+        start = vectors.get(index)
+        if start is None or start.shape != vector_shape:
+            start = torch.randn(vector_shape, generator=torch.Generator().manual_seed(index))
+        sigma, vectors[index] = _power_iteration(apply, apply_transpose, start.to(layer.weight.device), iterations)
+        return sigma.item()
+
+    return _layer_product(layers, input_shape, warm_started_norm)
 
 
 def _flatten_sequential(layers: nn.Module) -> list[nn.Module]:
