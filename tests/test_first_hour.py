@@ -87,6 +87,7 @@ def test_fit_always_leaves_a_checkpoint_of_the_final_weights(tmp_path: Path):
     # the config validates every 50 epochs; before, 2 epochs wrote no checkpoint at all
     cli = run(["fit", "--config", REGRESSION, "--trainer.max_epochs", "2"])
     (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("latest-*.ckpt")
+    assert checkpoint.name == "latest-epoch=1-step=2.ckpt"  # named by the last epoch trained, as every epoch's is
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == 2
     for name, value in cli.model.state_dict().items():

@@ -206,7 +206,11 @@ class LatestCheckpoint(ModelCheckpoint):
     def _save_now(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         if self._last_global_step_saved == trainer.global_step or not parameters_finite(pl_module):
             return False
-        self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        candidates = self._monitor_candidates(trainer)
+        # after the last epoch Lightning's epoch counter is already one past it: name the epoch trained
+        started = trainer.fit_loop.epoch_progress.current.started
+        candidates["epoch"] = torch.tensor(max(started - 1, 0))
+        self._save_none_monitor_checkpoint(trainer, candidates)
         return True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
