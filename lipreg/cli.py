@@ -167,7 +167,8 @@ def check_checkpoint(path: Path, config_class: str | None) -> None:
         hint = f"; checkpoints there: {', '.join(p.name for p in near)}" if near else ""
         raise LipregError(f"--ckpt_path {path} does not exist{hint}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: the tensors are not read, only the file's structure and its hyper-parameters
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         hyperparameters = checkpoint.get("hyper_parameters", {})
     except Exception as error:  # noqa: BLE001  (any failure to read the file is the same problem to the user)
         size = path.stat().st_size
