@@ -87,9 +87,21 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+#: A table wider than this numbers its columns and lists the runs' names above it.
+TABLE_WIDTH = 120
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """One column per result, one row per quantity (the layout of the CLIP paper's Table 1, transposed)."""
+    """One column per result, one row per quantity (the layout of the CLIP paper's Table 1, transposed).
+
+    When the runs' names would make it wider than ``TABLE_WIDTH``, the columns are headed
+    ``[1]``, ``[2]``, … and the names listed above the table.
+    """
     names = [r.get("name") or r["method"] for r in results]
+    legend: list[str] = []
+    if sum(max(len(n), 7) + 2 for n in names) + max(len(q) for r in results for q, _ in table_rows(r)) > TABLE_WIDTH:
+        legend = [f"[{i}] {name}" for i, name in enumerate(names, start=1)] + [""]
+        names = [f"[{i}]" for i in range(1, len(names) + 1)]
     quantities: list[str] = []
     values: dict[tuple[str, int], str] = {}
     for i, result in enumerate(results):
@@ -100,7 +112,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     width = max(len(q) for q in quantities)
     columns = [max(len(n), 7) for n in names]
     header = " " * width + "".join(f"  {n:>{w}}" for n, w in zip(names, columns, strict=True))
-    lines = [header]
+    lines = [*legend, header]
     for quantity in quantities:
         cells = "".join(f"  {values.get((quantity, i), '-'):>{w}}" for i, w in enumerate(columns))
         lines.append(f"{quantity:<{width}}{cells}")
@@ -126,17 +138,50 @@ def run_label(result: dict[str, Any]) -> str:
     return f"{result['method']} {Path(checkpoint).stem if checkpoint else '(untrained)'}"
 
 
+#: Up to this many runs each panel has its own legend; more share one legend below the panels.
+LEGEND_PER_PANEL = 4
+
+
+def run_style(index: int) -> dict[str, str]:
+    """The colour and marker of the ``index``-th run, the same in every panel; no two of the first
+    100 runs share both (the marker shifts by one every ten colours)."""
+    return {"color": f"C{index % 10}", "marker": MARKERS[(index + index // 10) % len(MARKERS)]}
+
+
+def _place_legends(figure: "Figure", axes: Sequence[Any], runs: int, height: float) -> None:
+    """A legend in every panel for a few runs; for more, one legend of every run below the panels
+    (the figure grows by its height), then a tight layout."""
+    if runs <= LEGEND_PER_PANEL:
+        for axis in axes:
+            axis.legend(fontsize="x-small")
+        figure.tight_layout()
+        return
+    labelled = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    columns = 1 if max(len(label) for label in labelled) > 60 else 2
+    rows = -(-len(labelled) // columns)
+    legend_height = 0.3 + 0.2 * rows
+    figure.set_size_inches(figure.get_size_inches()[0], height + legend_height)
+    figure.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=columns, fontsize="small",
+                  frameon=False)
+    figure.tight_layout(rect=(0, legend_height / (height + legend_height), 1, 1))
+
+
 def robustness_figure(results: Sequence[dict[str, Any]]) -> "Figure":
     """Accuracy (or MSE) against ε for every attack, one panel per attack, one line per run.
 
-    Accuracy panels share the table's unit (%) and run from 0 to 100 %; every panel has a legend;
-    runs that coincide stay visible (each later run is drawn thinner, with its own marker and
-    dash pattern); the title names the checkpoint(s).
+    Accuracy panels share the table's unit (%) and run from 0 to 100 %; every panel has a legend
+    (more than ``LEGEND_PER_PANEL`` runs: one shared legend below); runs that coincide stay visible
+    (each later run is drawn thinner, with its own colour, marker and dash pattern, the same in every
+    panel); the title names the checkpoint(s).
     """
     plt = pyplot()
     curves = [c for c in CURVE_LABELS if any(r["curves"].get(c) for r in results)]
     panels = max(len(curves), 1)
-    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.9), squeeze=False)
+    height = 3.9
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, height), squeeze=False)
     accuracy = all(r["metric"] == "accuracy" for r in results)
     scale = 100.0 if accuracy else 1.0
     for axis, curve in zip(axes[0], curves, strict=False):
@@ -146,23 +191,21 @@ def robustness_figure(results: Sequence[dict[str, Any]]) -> "Figure":
                 continue
             xs = [0.0] + [p for p, _ in points]
             ys = [scale * result["clean_subset"]] + [scale * v for _, v in points]
-            axis.plot(xs, ys, marker=MARKERS[index % len(MARKERS)], linestyle=LINESTYLES[index % len(LINESTYLES)],
-                      linewidth=max(3.5 - 0.6 * index, 1.0), markersize=max(8 - index, 4), alpha=0.85,
-                      label=run_label(result))
+            axis.plot(xs, ys, linestyle=LINESTYLES[index % len(LINESTYLES)], linewidth=max(3.5 - 0.6 * index, 1.0),
+                      markersize=max(8 - index, 4), alpha=0.85, label=run_label(result), **run_style(index))
         axis.set_xlabel(_curve_label(curve, results[0]).rsplit(" ", 1)[-1])
         axis.set_ylabel("accuracy (%)" if accuracy else results[0]["metric"])
         if accuracy:
             axis.set_ylim(0, 100)
         axis.set_title(_curve_label(curve, results[0]).removesuffix(" ε").removesuffix(" σ"), fontsize="medium")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small")
     if len(results) == 1:
         checkpoint = results[0].get("checkpoint")
         figure.suptitle(f"{results[0]['method']}: {Path(checkpoint).name if checkpoint else 'untrained weights'}",
                         fontsize="medium")
     else:
         figure.suptitle(f"{len(results)} runs (legend: method, checkpoint, what differs)", fontsize="medium")
-    figure.tight_layout()
+    _place_legends(figure, axes[0], len(results), height)
     return figure
 
 
@@ -173,21 +216,20 @@ def tradeoff_figure(results: Sequence[dict[str, Any]]) -> "Figure | None":
     if not radii or any(r["metric"] != "accuracy" for r in results):
         return None
     plt = pyplot()
-    figure, axes = plt.subplots(1, len(radii), figsize=(4.6 * len(radii), 4.2), squeeze=False)
+    height = 4.2
+    figure, axes = plt.subplots(1, len(radii), figsize=(4.6 * len(radii), height), squeeze=False)
     for axis, epsilon in zip(axes[0], radii, strict=True):
         for index, result in enumerate(results):
             robust = dict(result["curves"].get("robust") or []).get(epsilon)
             if robust is None:
                 continue
-            axis.scatter(100 * result["clean"], 100 * robust, marker=MARKERS[index % len(MARKERS)], s=60,
-                         label=run_label(result))
+            axis.scatter(100 * result["clean"], 100 * robust, s=60, label=run_label(result), **run_style(index))
         axis.set_xlabel("clean accuracy (%)")
         axis.set_ylabel("robust accuracy (%)")
         axis.set_ylim(0, 100)
         axis.set_title(f"robust (worst case) at ε={epsilon:g} against clean", fontsize="medium")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small")
-    figure.tight_layout()
+    _place_legends(figure, axes[0], len(results), height)
     return figure
 
 

@@ -17,7 +17,7 @@ from lipreg.data.mnist import MNISTDataModule
 from lipreg.errors import LipregError
 from lipreg.methods import Standard
 from lipreg.nets import MLP
-from lipreg.report import load_results, robustness_figure, tradeoff_figure
+from lipreg.report import format_table, load_results, robustness_figure, tradeoff_figure
 
 from .helpers import BlobsDataModule
 
@@ -218,6 +218,21 @@ def test_accuracy_plots_run_from_0_to_100_percent_with_a_legend_in_every_panel(t
         assert max(line.get_ydata()[-1] for line in axis.get_lines()) == pytest.approx(8.0)  # in %, as the table
     single = robustness_figure(load_results(tmp_path)[:1])
     assert "best-0.ckpt" in single._suptitle.get_text()
+
+
+def test_many_runs_share_one_legend_with_one_style_per_run_and_a_numbered_table(tmp_path: Path):
+    for index in range(12):
+        _fake_result(tmp_path, f"run{index:02d}", "CLIP", f"/r/best-{index:02d}-{'x' * 40}.ckpt", 0.9, index / 20)
+    results = load_results(tmp_path)
+    for figure in (robustness_figure(results), tradeoff_figure(results)):
+        assert all(axis.get_legend() is None for axis in figure.axes)
+        (legend,) = figure.legends
+        assert len(legend.get_texts()) == 12
+    styles = [(line.get_color(), line.get_marker()) for line in robustness_figure(results).axes[0].get_lines()]
+    assert len(set(styles)) == 12  # colours repeat after ten, their markers do not
+    table = format_table(results).splitlines()
+    assert table[0].startswith("[1] CLIP best-00-") and table[11].startswith("[12] CLIP best-11-")
+    assert table[13].split() == [f"[{i}]" for i in range(1, 13)]
 
 
 # ---------------------------------------------------------------------------- errors in one line, nothing silent
