@@ -10,7 +10,7 @@ from lipreg.callbacks import EpochTimer
 
 
 class SlowValidation(L.LightningModule):
-    """Training steps take about 20 ms each, a validation step 200 ms."""
+    """Training steps take about 20 ms each, a validation step 500 ms."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -21,7 +21,7 @@ class SlowValidation(L.LightningModule):
         return self.layer(batch[0]).sum()
 
     def validation_step(self, batch: list[torch.Tensor], index: int) -> None:
-        time.sleep(0.2)
+        time.sleep(0.5)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -33,6 +33,6 @@ def test_epoch_timer_counts_training_and_leaves_out_validation_also_mid_epoch():
     trainer = L.Trainer(max_epochs=2, val_check_interval=5, limit_val_batches=2, num_sanity_val_steps=0,
                         callbacks=[timer], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(SlowValidation(), data, data)  # each epoch validates twice: 2 × 2 × 0.2 s = 0.8 s
+    trainer.fit(SlowValidation(), data, data)  # each epoch validates twice: 2 × 2 × 0.5 s = 2 s
     assert len(timer.times) == 2
-    assert all(0.19 <= t < 1.0 for t in timer.times), timer.times
+    assert all(0.19 <= t < 1.5 for t in timer.times), timer.times
