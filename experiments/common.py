@@ -3,18 +3,39 @@
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lipreg.callbacks import LambdaDiscrepancy, RobustnessEvaluation
+from lipreg.callbacks import DivergenceGuard, LambdaDiscrepancy, RobustnessEvaluation
 from lipreg.cli import LipRegCLI
+from lipreg.errors import LipregError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def configured_run(config: str, root: Path, *overrides: str) -> LipRegCLI:
-    """``lipreg fit --config configs/<config>.yaml`` with overrides, built but not started."""
+    """``lipreg fit --config configs/<config>.yaml`` with overrides, built but not started, with
+    ``lipreg fit``'s ``DivergenceGuard`` (a non-finite loss or parameter stops training)."""
     args = ["--config", str(REPO / "configs" / f"{config}.yaml"), "--trainer.default_root_dir", str(root),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]
-    return LipRegCLI(args=args, run=False)
+    cli = LipRegCLI(args=args, run=False)
+    if callback(cli.trainer, DivergenceGuard) is None:
+        cli.trainer.callbacks.insert(0, DivergenceGuard())
+    return cli
+
+
+def fit(cli: LipRegCLI, ckpt_path: str | Path | None = None) -> str | None:
+    """Train the run; ``None``, or the divergence message if training diverged after a best
+    checkpoint had been written (the row then tests that last good checkpoint and says so)."""
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except LipregError as error:
+        saved = any(c.best_model_path for c in cli.trainer.checkpoint_callbacks
+                    if isinstance(c, ModelCheckpoint) and c.monitor is not None)
+        if not str(error).startswith("training diverged") or not saved:
+            raise
+        print(f"{error}\ntesting the best checkpoint written before the divergence", flush=True)
+        return str(error)
+    return None
 
 
 def callback(trainer: L.Trainer, kind: type[L.Callback]) -> L.Callback | None:
@@ -35,3 +56,9 @@ def evaluation_of(trainer: L.Trainer) -> RobustnessEvaluation:
     found = callback(trainer, RobustnessEvaluation)
     assert found is not None
     return found
+
+
+def divergences(results: dict[str, dict]) -> str:
+    """A line per row whose training diverged (after the table), naming where; empty when none did."""
+    return "".join(f"\n{name}: {row['diverged']} (tested: its best checkpoint before that)\n"
+                   for name, row in results.items() if row.get("diverged"))

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.common import configured_run, evaluation_of, set_target
+from experiments.common import configured_run, divergences, evaluation_of, fit, set_target
 from lipreg.callbacks import EpochTimer
 
 #: Row name → (config, target accuracy of the discrepancy rule or None).
@@ -65,7 +65,7 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
         set_target(cli.trainer, target, args.lambda_step * (2e-3 if config == "mnist_weight_decay" else 1.0))
     timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    diverged = fit(cli)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     result = evaluation_of(cli.trainer).result
     robust = dict(result["curves"]["robust"])
@@ -77,7 +77,7 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
         "lip_lower": result["lipschitz"]["lower"], "lip_upper": result["lipschitz"]["upper"],
         "coefficient": result.get("coefficient", {}),
         "seconds_per_epoch": statistics.median(timer.times), "checkpoint": result["checkpoint"],
-        "settings": {key: value for key, value in args.set or []},
+        "settings": {key: value for key, value in args.set or []}, "diverged": diverged,
     }
 
 
@@ -95,8 +95,9 @@ def markdown(results: dict[str, dict]) -> str:
         cells = [f"{r['test']:.1f}", *(f"{r[f'robust@{e:g}']:.1f}" for e in RADII),
                  *(f"{r.get(f'certified@{e:g}', 0.0):.1f}" for e in RADII), f"{r['lip_lower']:.3g}",
                  "-" if r["lip_upper"] is None else f"{r['lip_upper']:.3g}", f"{r['seconds_per_epoch']:.1f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nAccuracies in %; robust: the worst case over lipreg test's ensemble (L2).\n"
+        lines.append(f"| {name}{' (diverged)' if r.get('diverged') else ''} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n\nAccuracies in %; robust: the worst case over lipreg test's ensemble (L2).\n"
+            + divergences(results))
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from experiments.common import configured_run, evaluation_of, set_target
+from experiments.common import configured_run, divergences, evaluation_of, fit, set_target
 from lipreg.runs import latest_checkpoint, resume_logger
 
 #: The paper's Table 1: train, test, noise, PGD accuracies in % and the final μ or λ.
@@ -91,7 +91,7 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
     if target is not None:
         step = args.lambda_step * (MU_STEP if method == "weight_decay" else 1.0)
         set_target(cli.trainer, target, step)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    diverged = fit(cli, resume)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
     result = evaluation_of(cli.trainer).result
     return {
@@ -100,7 +100,7 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
         "pgd_sign": 100 * dict(result["curves"]["pgd_sign"])[2.0],
         "pgd": 100 * dict(result["curves"]["pgd"])[2.0],
         "robust": 100 * dict(result["curves"]["robust"])[2.0],
-        "coefficient": float(cli.model.lam), "checkpoint": result["checkpoint"],
+        "coefficient": float(cli.model.lam), "checkpoint": result["checkpoint"], "diverged": diverged,
     }
 
 
@@ -116,12 +116,13 @@ def markdown(dataset: str, results: dict[str, dict]) -> str:
     ]
     for name, r in results.items():
         paper = PAPER[dataset][name]
+        label = f"{name} (diverged)" if r.get("diverged") else name
         lines.append(
-            f"| {name} | {_number(r['train'])} ({paper[0]}) | {r['test']:.1f} ({paper[1]}) "
+            f"| {label} | {_number(r['train'])} ({paper[0]}) | {r['test']:.1f} ({paper[1]}) "
             f"| {r['noise']:.1f} ({paper[2]}) | {r['pgd_sign']:.1f} ({paper[3]}) | {r['pgd']:.1f} | {r['robust']:.1f} "
             f"| {r['coefficient']:.4g} ({paper[4]}) |"
         )
-    return "\n".join(lines) + "\n\nOurs, with the paper's number in brackets; accuracies in %.\n"
+    return "\n".join(lines) + "\n\nOurs, with the paper's number in brackets; accuracies in %.\n" + divergences(results)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

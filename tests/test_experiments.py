@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 from experiments import attack_ensemble, checkpoint_choice, flip_comparison, regression_figure2, table1
 
@@ -85,3 +87,29 @@ def test_method_comparison_sets_a_knob_and_stores_the_row_under_its_label(tmp_pa
     assert "epsilon: 0.3" in config
     with pytest.raises(SystemExit):
         method_comparison.main([*args, "--rows", "FGSM training", "PGD training"])
+
+
+class PoisonAtSecondEpoch(L.Callback):
+    """Makes one weight non-finite when the second epoch starts (a run that diverges after a good epoch)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+def test_an_experiment_row_that_diverges_stops_and_tests_its_last_good_checkpoint(tmp_path: Path, data_dir: Path):
+    from experiments.common import configured_run, divergences, fit
+
+    cli = configured_run("mnist_standard", tmp_path, "--data.init_args.data_dir", str(data_dir),
+                         "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "2",
+                         "--trainer.limit_val_batches", "1")
+    cli.trainer.callbacks.append(PoisonAtSecondEpoch())
+    message = fit(cli)
+    assert message is not None and message.startswith("training diverged at epoch 1")
+    assert cli.trainer.current_epoch == 1  # stopped there, not trained on with NaN weights
+    best = next(c for c in cli.trainer.checkpoint_callbacks if getattr(c, "monitor", None)).best_model_path
+    assert "epoch=0" in best
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert "row: training diverged at epoch 1" in divergences({"row": {"diverged": message}, "other": {}})
