@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 RESULT_FILE = "robustness.json"
 #: Config keys that say where and how a run was evaluated, not what was trained: not used to tell runs apart.
-PLACEMENT_KEYS = re.compile(r"^(ckpt_path|config|quiet|untrained|evaluation\.|trainer\.(logger|default_root_dir|"
-                            r"enable_|inference_mode|devices|accelerator|num_nodes|strategy)|data\.init_args\."
-                            r"(data_dir|eval_batch_size|on_device))")
+PLACEMENT_KEYS = re.compile(r"^(ckpt_path|config|quiet|untrained|verbose|return_predictions|evaluation\.|"
+                            r"trainer\.(logger|default_root_dir|enable_|inference_mode|devices|accelerator|num_nodes|"
+                            r"strategy)|data\.init_args\.(data_dir|eval_batch_size|on_device))")
 MARKERS = "osD^vP*X<>"
 LINESTYLES = ("-", "--", "-.", ":")
 

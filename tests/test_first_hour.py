@@ -346,6 +346,8 @@ def test_compare_draws_robust_against_clean_accuracy_one_point_per_run(tmp_path:
 def test_compare_takes_several_directories_and_names_a_missing_one(tmp_path: Path, capsys: pytest.CaptureFixture):
     _fake_result(tmp_path / "first", "run", "CLIP", "/r/best-1.ckpt", 0.9, 0.3)
     _fake_result(tmp_path / "second", "run", "CLIP", "/r/best-1.ckpt", 0.9, 0.4)
+    config = tmp_path / "second" / "run" / "config.yaml"  # a `lipreg test` run's own flag is no difference
+    config.write_text(config.read_text() + "verbose: true\n")
     names = [r["name"] for r in load_results(tmp_path / "first", tmp_path / "second")]
     assert names == ["CLIP best-1 [first/run]", "CLIP best-1 [second/run]"]
     run(["compare", str(tmp_path / "first"), str(tmp_path / "second")])
