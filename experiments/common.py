@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lipreg.callbacks import DivergenceGuard, LambdaDiscrepancy, RobustnessEvaluation
 from lipreg.cli import LipRegCLI
-from lipreg.errors import LipregError
+from lipreg.errors import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,10 +28,9 @@ def fit(cli: LipRegCLI, ckpt_path: str | Path | None = None) -> str | None:
     checkpoint had been written (the row then tests that last good checkpoint and says so)."""
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    except LipregError as error:
-        saved = any(c.best_model_path for c in cli.trainer.checkpoint_callbacks
-                    if isinstance(c, ModelCheckpoint) and c.monitor is not None)
-        if not str(error).startswith("training diverged") or not saved:
+    except TrainingDiverged as error:
+        if not any(c.best_model_path for c in cli.trainer.checkpoint_callbacks
+                   if isinstance(c, ModelCheckpoint) and c.monitor is not None):
             raise
         print(f"{error}\ntesting the best checkpoint written before the divergence", flush=True)
         return str(error)
@@ -56,6 +55,11 @@ def evaluation_of(trainer: L.Trainer) -> RobustnessEvaluation:
     found = callback(trainer, RobustnessEvaluation)
     assert found is not None
     return found
+
+
+def row_label(name: str, row: dict) -> str:
+    """A row's name in a results table, marked when its training diverged."""
+    return f"{name} (diverged)" if row.get("diverged") else name
 
 
 def divergences(results: dict[str, dict]) -> str:

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.common import configured_run, divergences, evaluation_of, fit, set_target
+from experiments.common import configured_run, divergences, evaluation_of, fit, row_label, set_target
 from lipreg.callbacks import EpochTimer
 
 #: Row name → (config, target accuracy of the discrepancy rule or None).
@@ -95,7 +95,7 @@ def markdown(results: dict[str, dict]) -> str:
         cells = [f"{r['test']:.1f}", *(f"{r[f'robust@{e:g}']:.1f}" for e in RADII),
                  *(f"{r.get(f'certified@{e:g}', 0.0):.1f}" for e in RADII), f"{r['lip_lower']:.3g}",
                  "-" if r["lip_upper"] is None else f"{r['lip_upper']:.3g}", f"{r['seconds_per_epoch']:.1f}"]
-        lines.append(f"| {name}{' (diverged)' if r.get('diverged') else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_label(name, r)} | " + " | ".join(cells) + " |")
     return ("\n".join(lines) + "\n\nAccuracies in %; robust: the worst case over lipreg test's ensemble (L2).\n"
             + divergences(results))
 

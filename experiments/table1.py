@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from experiments.common import configured_run, divergences, evaluation_of, fit, set_target
+from experiments.common import configured_run, divergences, evaluation_of, fit, row_label, set_target
 from lipreg.runs import latest_checkpoint, resume_logger
 
 #: The paper's Table 1: train, test, noise, PGD accuracies in % and the final μ or λ.
@@ -116,9 +116,8 @@ def markdown(dataset: str, results: dict[str, dict]) -> str:
     ]
     for name, r in results.items():
         paper = PAPER[dataset][name]
-        label = f"{name} (diverged)" if r.get("diverged") else name
         lines.append(
-            f"| {label} | {_number(r['train'])} ({paper[0]}) | {r['test']:.1f} ({paper[1]}) "
+            f"| {row_label(name, r)} | {_number(r['train'])} ({paper[0]}) | {r['test']:.1f} ({paper[1]}) "
             f"| {r['noise']:.1f} ({paper[2]}) | {r['pgd_sign']:.1f} ({paper[3]}) | {r['pgd']:.1f} | {r['robust']:.1f} "
             f"| {r['coefficient']:.4g} ({paper[4]}) |"
         )

@@ -98,10 +98,6 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     ``[1]``, ``[2]``, … and the names listed above the table.
     """
     names = [r.get("name") or r["method"] for r in results]
-    legend: list[str] = []
-    if sum(max(len(n), 7) + 2 for n in names) + max(len(q) for r in results for q, _ in table_rows(r)) > TABLE_WIDTH:
-        legend = [f"[{i}] {name}" for i, name in enumerate(names, start=1)] + [""]
-        names = [f"[{i}]" for i in range(1, len(names) + 1)]
     quantities: list[str] = []
     values: dict[tuple[str, int], str] = {}
     for i, result in enumerate(results):
@@ -110,6 +106,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 quantities.append(quantity)
             values[(quantity, i)] = value
     width = max(len(q) for q in quantities)
+    legend: list[str] = []
+    if width + sum(max(len(n), 7) + 2 for n in names) > TABLE_WIDTH:
+        legend = [f"[{i}] {name}" for i, name in enumerate(names, start=1)] + [""]
+        names = [f"[{i}]" for i in range(1, len(names) + 1)]
     columns = [max(len(n), 7) for n in names]
     header = " " * width + "".join(f"  {n:>{w}}" for n, w in zip(names, columns, strict=True))
     lines = [*legend, header]
@@ -148,7 +148,7 @@ def run_style(index: int) -> dict[str, str]:
     return {"color": f"C{index % 10}", "marker": MARKERS[(index + index // 10) % len(MARKERS)]}
 
 
-def _place_legends(figure: "Figure", axes: Sequence[Any], runs: int, height: float) -> None:
+def _place_legends(figure: "Figure", axes: Sequence[Any], runs: int) -> None:
     """A legend in every panel for a few runs; for more, one legend of every run below the panels
     (the figure grows by its height), then a tight layout."""
     if runs <= LEGEND_PER_PANEL:
@@ -163,7 +163,8 @@ def _place_legends(figure: "Figure", axes: Sequence[Any], runs: int, height: flo
     columns = 1 if max(len(label) for label in labelled) > 60 else 2
     rows = -(-len(labelled) // columns)
     legend_height = 0.3 + 0.2 * rows
-    figure.set_size_inches(figure.get_size_inches()[0], height + legend_height)
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(width, height + legend_height)
     figure.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=columns, fontsize="small",
                   frameon=False)
     figure.tight_layout(rect=(0, legend_height / (height + legend_height), 1, 1))
@@ -180,8 +181,7 @@ def robustness_figure(results: Sequence[dict[str, Any]]) -> "Figure":
     plt = pyplot()
     curves = [c for c in CURVE_LABELS if any(r["curves"].get(c) for r in results)]
     panels = max(len(curves), 1)
-    height = 3.9
-    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, height), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.9), squeeze=False)
     accuracy = all(r["metric"] == "accuracy" for r in results)
     scale = 100.0 if accuracy else 1.0
     for axis, curve in zip(axes[0], curves, strict=False):
@@ -205,7 +205,7 @@ def robustness_figure(results: Sequence[dict[str, Any]]) -> "Figure":
                         fontsize="medium")
     else:
         figure.suptitle(f"{len(results)} runs (legend: method, checkpoint, what differs)", fontsize="medium")
-    _place_legends(figure, axes[0], len(results), height)
+    _place_legends(figure, axes[0], len(results))
     return figure
 
 
@@ -216,8 +216,7 @@ def tradeoff_figure(results: Sequence[dict[str, Any]]) -> "Figure | None":
     if not radii or any(r["metric"] != "accuracy" for r in results):
         return None
     plt = pyplot()
-    height = 4.2
-    figure, axes = plt.subplots(1, len(radii), figsize=(4.6 * len(radii), height), squeeze=False)
+    figure, axes = plt.subplots(1, len(radii), figsize=(4.6 * len(radii), 4.2), squeeze=False)
     for axis, epsilon in zip(axes[0], radii, strict=True):
         for index, result in enumerate(results):
             robust = dict(result["curves"].get("robust") or []).get(epsilon)
@@ -229,7 +228,7 @@ def tradeoff_figure(results: Sequence[dict[str, Any]]) -> "Figure | None":
         axis.set_ylim(0, 100)
         axis.set_title(f"robust (worst case) at ε={epsilon:g} against clean", fontsize="medium")
         axis.grid(alpha=0.3)
-    _place_legends(figure, axes[0], len(results), height)
+    _place_legends(figure, axes[0], len(results))
     return figure
 
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from lipreg.errors import LipregError
+from lipreg.errors import LipregError, TrainingDiverged
 
 #: Metrics the per-epoch line shows first, in this order, when the run logs them.
 LEADING_METRICS = ("train/loss", "train/acc", "train/mse", "train/lambda", "train/mu", "train/lip", "val/acc",
@@ -176,7 +176,7 @@ class DivergenceGuard(L.Callback):
             quantity = quantity or "another process's training loss or parameters are not finite"
         elif not quantity:
             return
-        raise LipregError(
+        raise TrainingDiverged(
             f"training diverged at epoch {trainer.current_epoch}, step {max(step, 0)}: {quantity}; no checkpoint of "
             "it was written. Lower the learning rate (--model.init_args.optimizer.init_args.lr) or the "
             "regularisation coefficient"
