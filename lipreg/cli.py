@@ -16,7 +16,14 @@ import lipreg.callbacks  # noqa: F401  (registers callback classes for short nam
 import lipreg.data  # noqa: F401  (registers data modules for --data NAME)
 import lipreg.methods  # noqa: F401  (registers methods for --model NAME)
 import lipreg.nets  # noqa: F401  (registers networks for class_path: NAME)
-from lipreg.callbacks import DivergenceGuard, LatestCheckpoint, PredictionWriter, ProgressLine, RobustnessEvaluation
+from lipreg.callbacks import (
+    DivergenceGuard,
+    LatestCheckpoint,
+    PredictionWriter,
+    ProgressLine,
+    RobustnessEvaluation,
+    TestProgress,
+)
 from lipreg.cli_parser import LipRegArgumentParser, raise_from_chain
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
@@ -45,7 +52,8 @@ class LipRegCLI(LightningCLI):
       summary, stops at divergence (``DivergenceGuard``), always leaves a ``latest-…`` checkpoint
       (``LatestCheckpoint``), and a resumed run continues in its own directory;
     - ``test`` and ``predict`` refuse to evaluate untrained weights unless ``--untrained true``,
-      write beside the checkpoint's run (``<run>/test/<checkpoint>/``) and print one table;
+      write beside the checkpoint's run (``<run>/test/<checkpoint>/``); ``test`` prints its
+      progress (``TestProgress``) and one table;
     - a checkpoint that is missing, damaged or of another method than the config is a one-line error.
     """
 
@@ -70,7 +78,7 @@ class LipRegCLI(LightningCLI):
         # the attack suite of `lipreg test`, configured under `evaluation:` (a callback in every run)
         parser.add_lightning_class_args(RobustnessEvaluation, "evaluation")
         parser.add_argument("--quiet", type=bool, default=False,
-                            help="fit: no per-epoch lines and no closing summary")
+                            help="fit: no per-epoch lines and no closing summary; test: no progress lines")
         parser.add_argument("--untrained", type=bool, default=False,
                             help="test/validate/predict: evaluate freshly initialised weights when no --ckpt_path "
                                  "is given (otherwise that is an error)")
@@ -139,6 +147,8 @@ class LipRegCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._drop_checkpointing()
+        if not self.config.test.quiet and not any(isinstance(c, TestProgress) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(TestProgress())
 
     def before_validate(self) -> None:
         self._drop_checkpointing()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from lipreg.callbacks import DivergenceGuard, LatestCheckpoint
+from lipreg.callbacks import DivergenceGuard, LatestCheckpoint, RobustnessEvaluation, TestProgress
 from lipreg.cli import run
 from lipreg.data.mnist import MNISTDataModule
 from lipreg.errors import LipregError
@@ -132,6 +132,28 @@ def test_start_up_imports_nothing_beyond_lightning_and_the_parser():
             "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert set(eval(result.stdout)) <= {"lipreg", "jsonargparse", "docstring_parser", "lightning"}
+
+
+def test_testing_prints_its_progress_with_the_time_left(capsys: pytest.CaptureFixture):
+    # 120 test points in batches of 32: the first 40 (two batches) are attacked, the other two only classified
+    evaluation = RobustnessEvaluation(sample_size=40, pgd_steps=2, apgd_steps=2, lipschitz_pairs=10,
+                                      lipschitz_steps=1, certified_radii=[], train_accuracy=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+                        callbacks=[evaluation, TestProgress(interval=0)])
+    datamodule = BlobsDataModule(size=64)
+    datamodule.eval_batch_size = 32
+    trainer.test(Standard(MLP([2, 8, 3])), datamodule=datamodule, verbose=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("testing: ")]
+    assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(line.endswith(" left") for line in lines)
+    assert lines[1].endswith("about 0 s left") and lines[3].endswith("about 0 s left")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_lipreg_test_shows_its_progress_unless_quiet(quiet: bool, trained_regression: Path):
+    cli = run(["test", "--config", REGRESSION, "--ckpt_path", str(trained_regression), "--quiet", str(quiet).lower(),
+               *QUICK_TEST])
+    assert any(isinstance(c, TestProgress) for c in cli.trainer.callbacks) is not quiet
 
 
 # ---------------------------------------------------------------------------- results next to what they evaluate
@@ -309,6 +331,30 @@ def test_training_stops_at_the_first_non_finite_loss_and_keeps_no_diverged_check
     with pytest.raises(LipregError, match=r"training diverged at epoch 0, step \d+: the training loss is (nan|inf)"):
         trainer.fit(model, datamodule=BlobsDataModule(size=64, batch_size=16))
     assert not list(tmp_path.glob("*.ckpt"))
+
+
+class PoisonAtStep(L.Callback):
+    """Makes one weight NaN before the training step with ``global_step == step``: its loss is the first NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize("check_every", [None, 4])
+def test_divergence_names_the_first_bad_step_whether_read_every_step_or_recorded(check_every: int | None,
+                                                                                 tmp_path: Path):
+    # on a single CPU the loss is read every step; with check_every > 1 (the accelerator and DDP path)
+    # the first bad step is recorded on the device and read later: both name the same step
+    trainer = L.Trainer(max_epochs=5, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        callbacks=[PoisonAtStep(5), DivergenceGuard(check_every=check_every)])
+    with pytest.raises(LipregError, match=r"training diverged at epoch 1, step 6: the training loss is nan"):
+        trainer.fit(Standard(MLP([2, 8, 3])), datamodule=BlobsDataModule(size=64, batch_size=16))
 
 
 def test_divergence_through_the_cli_is_one_line(tmp_path: Path):

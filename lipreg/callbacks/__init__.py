@@ -6,7 +6,7 @@ from lipreg.callbacks.pgd_validation import PGDValidation
 from lipreg.callbacks.predictions import PredictionWriter
 from lipreg.callbacks.regression_plot import RegressionPlot
 from lipreg.callbacks.robustness import RobustnessEvaluation
-from lipreg.callbacks.run_monitor import DivergenceGuard, EpochTimer, LatestCheckpoint, ProgressLine
+from lipreg.callbacks.run_monitor import DivergenceGuard, EpochTimer, LatestCheckpoint, ProgressLine, TestProgress
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ProgressLine",
     "RegressionPlot",
     "RobustnessEvaluation",
+    "TestProgress",
     "UpperBoundTracking",
     "Warmup",
 ]

@@ -1,5 +1,7 @@
-"""What a training run tells its user: a line per epoch, a stop at divergence, and always a latest checkpoint."""
+"""What a run tells its user: a line per epoch, progress while testing, a stop at divergence, and always a
+latest checkpoint."""
 
+import math
 import time
 from typing import Any
 
@@ -8,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from lipreg.callbacks.robustness import RobustnessEvaluation
 from lipreg.errors import LipregError, TrainingDiverged
 
 #: Metrics the per-epoch line shows first, in this order, when the run logs them.
@@ -110,21 +113,72 @@ class ProgressLine(L.Callback):
         print(f"epoch {epoch + 1}{total}  {cells}  {seconds:.1f} s", flush=True)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+class TestProgress(L.Callback):
+    """Prints how far testing has come, at most every ``interval`` seconds, e.g.
+    ``testing: batch 12/79  48 s, about 4.1 min left``.
+
+    ``lipreg test`` attacks every test image (several minutes on MNIST with a CPU) and is otherwise
+    silent until its table. When ``RobustnessEvaluation`` attacks only the first ``sample_size``
+    images, the estimate counts the batches that hold them (the rest are only classified).
+    ``lipreg test`` adds it unless ``--quiet true``.
+
+    Args:
+        interval: seconds between lines.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._start = 0.0
+        self._last_print = 0.0
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last_print = time.perf_counter()
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        now = time.perf_counter()
+        if now - self._last_print < self.interval:
+            return
+        self._last_print = now
+        done, total = batch_idx + 1, trainer.num_test_batches[dataloader_idx]
+        attacked = self._attacked_batches(trainer, len(batch[0]), total)
+        elapsed = now - self._start
+        left = elapsed / done * max(attacked - done, 0)
+        rank_zero_only(print)(f"testing: batch {done}/{total}  {_duration(elapsed)}, about {_duration(left)} left",
+                              flush=True)
+
+    @staticmethod
+    def _attacked_batches(trainer: L.Trainer, batch_size: int, total: int) -> int:
+        """How many of this process's test batches hold images that are attacked."""
+        sizes = [c.sample_size for c in trainer.callbacks if isinstance(c, RobustnessEvaluation)]
+        if not sizes or sizes[0] is None:
+            return total
+        per_process = -(-sizes[0] // trainer.world_size)
+        return min(total, -(-per_process // batch_size))
+
+
 class DivergenceGuard(L.Callback):
     """Stops training at a non-finite loss or parameter, before any checkpoint of it is written.
 
-    Every step records, on the device, the first step whose training objective is not finite
-    (no host synchronisation). The record is read on the host every ``check_every`` steps (default:
-    every step on a single CPU process, where reading it costs nothing; every 50 steps on an
-    accelerator or under DDP, where the processes also agree by one all-reduce so that they stop
-    together), before validation and at the end of each epoch, with one finiteness check of the
-    parameters.
+    In a single CPU process the training objective is read every step (a CPU tensor: reading it
+    waits for nothing, and one read is cheaper than any bookkeeping). On an accelerator, under DDP,
+    or with ``check_every`` above 1, every step instead records on the device the first step whose
+    objective is not finite (no host synchronisation), and the record is read on the host every
+    ``check_every`` steps (default 50), where DDP's processes also agree by one all-reduce so that
+    they stop together. The parameters are checked for finiteness once before validation and at
+    the end of each epoch.
     A divergence ends the run with ``lipreg: error: training diverged …`` naming the epoch, the
     step and the quantity. Checkpoint callbacks run after this one, so no checkpoint of the
     diverged weights is written and the last good one stays the newest. ``lipreg fit`` adds it.
 
     Args:
-        check_every: steps between host reads (``None``: 1 on CPU, 50 otherwise).
+        check_every: steps between host reads (``None``: every step in a single CPU process, 50 otherwise).
     """
 
     def __init__(self, check_every: int | None = None) -> None:
@@ -133,18 +187,28 @@ class DivergenceGuard(L.Callback):
         self.check_every = check_every
         self._first_bad: torch.Tensor | None = None
         self._first_value: torch.Tensor | None = None
+        self._read_every_step = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device
         self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self._first_value = torch.zeros((), device=device)
+        single_cpu = device.type == "cpu" and trainer.world_size == 1
+        self._read_every_step = single_cpu and self.check_every in (None, 1)
         if self.check_every is None:
-            self.check_every = 1 if device.type == "cpu" and trainer.world_size == 1 else 50
+            self.check_every = 1 if single_cpu else 50
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None or self._first_bad is None:
+            return
+        if self._read_every_step:
+            value = loss.item()
+            if not math.isfinite(value):
+                self._first_bad.fill_(trainer.global_step)
+                self._first_value.fill_(value)
+                self._check(trainer, pl_module, parameters=False)
             return
         loss = loss.detach().float().reshape(())
         new = (~torch.isfinite(loss)) & (self._first_bad < 0)
@@ -198,6 +262,17 @@ class LatestCheckpoint(ModelCheckpoint):
                  filename: str = "latest-{epoch}-{step}") -> None:
         super().__init__(dirpath=dirpath, filename=filename, every_n_epochs=every_n_epochs,
                          save_on_train_epoch_end=True)
+        # Lightning reads ``state_key`` at every hook call; ModelCheckpoint rebuilds it from its settings
+        # each time, and these settings never change
+        self._state_key = super().state_key
+
+    @property
+    def state_key(self) -> str:
+        return self._state_key
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Nothing: this checkpoint is never saved within an epoch (ModelCheckpoint's step bookkeeping is skipped)."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if parameters_finite(pl_module):
