@@ -25,6 +25,7 @@ from lipreg.callbacks import (
     TestProgress,
 )
 from lipreg.cli_parser import LipRegArgumentParser, raise_from_chain
+from lipreg.devices import use_exact_float32
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
 from lipreg.runs import placed_logger, resume_logger, run_directory
@@ -54,7 +55,8 @@ class LipRegCLI(LightningCLI):
     - ``test`` and ``predict`` refuse to evaluate untrained weights unless ``--untrained true``,
       write beside the checkpoint's run (``<run>/test/<checkpoint>/``); ``test`` prints its
       progress (``TestProgress``) and one table;
-    - a checkpoint that is missing, damaged or of another method than the config is a one-line error.
+    - a checkpoint that is missing, damaged or of another method than the config is a one-line error;
+    - float32 means float32 on a GPU too: TF32 is off unless ``--tf32 true``.
     """
 
     def __init__(self, args: ArgsType = None, run: bool = True) -> None:
@@ -79,6 +81,9 @@ class LipRegCLI(LightningCLI):
         parser.add_lightning_class_args(RobustnessEvaluation, "evaluation")
         parser.add_argument("--quiet", type=bool, default=False,
                             help="fit: no per-epoch lines and no closing summary; test: no progress lines")
+        parser.add_argument("--tf32", type=bool, default=False,
+                            help="let float32 matrix products and convolutions on a CUDA GPU run in TF32 (faster, "
+                                 "10-bit mantissa); off by default, so attacks, bounds and certificates are float32")
         parser.add_argument("--untrained", type=bool, default=False,
                             help="test/validate/predict: evaluate freshly initialised weights when no --ckpt_path "
                                  "is given (otherwise that is an error)")
@@ -104,6 +109,7 @@ class LipRegCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        use_exact_float32(allow_tf32=bool(config.get("tf32")))
         trainer = config.trainer
         checkpoint = config.get("ckpt_path")
         user_placed = any(w.startswith(("--trainer.default_root_dir", "--trainer.logger")) for w in self.words)

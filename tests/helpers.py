@@ -42,3 +42,42 @@ def quiet_trainer(**overrides: Any) -> L.Trainer:
     )
     settings.update(overrides)
     return L.Trainer(**settings)
+
+
+class HostSyncCounter(torch.overrides.TorchFunctionMode):
+    """Counts the calls that make the host wait for a CUDA device, by name, while it is active.
+
+    On a CPU nothing waits, so the operations are counted by what they would do on a GPU: read a
+    value back (``item``, ``bool``, ``tolist``, ``cpu``), size an output by its data (``nonzero``,
+    boolean-mask indexing, ``unique``, ``masked_select``), or copy a Python number from pageable
+    host memory (``torch.tensor`` / ``torch.as_tensor`` of non-tensor data).
+    """
+
+    SYNCING = {
+        torch.Tensor.item: "item", torch.Tensor.__bool__: "bool", torch.Tensor.tolist: "tolist",
+        torch.Tensor.__int__: "int", torch.Tensor.__float__: "float", torch.Tensor.__index__: "index",
+        torch.Tensor.cpu: "cpu", torch.Tensor.numpy: "numpy", torch.Tensor.nonzero: "nonzero",
+        torch.nonzero: "nonzero", torch.argwhere: "nonzero", torch.Tensor.unique: "unique", torch.unique: "unique",
+        torch.masked_select: "masked_select", torch.Tensor.masked_select: "masked_select",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = self.SYNCING.get(func)
+        if name is not None:
+            self._count(name)
+        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1] if len(args) > 1 else None
+            indices = index if isinstance(index, tuple) else (index,)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
+                self._count("boolean mask")
+        elif func in (torch.tensor, torch.as_tensor) and args and not isinstance(args[0], torch.Tensor):
+            self._count("tensor from host data")
+        return func(*args, **kwargs)

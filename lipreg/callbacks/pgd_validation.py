@@ -81,7 +81,7 @@ class PGDValidation(L.Callback):
             self.metric.update(per_sample_scores(module, module.net(adversarial), y))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.metric.update_count == 0:
-            return
+        if self.metric.update_count == 0 and trainer.world_size == 1:
+            return  # under DDP a process without samples (sample_size < processes) still joins the reduction
         name = "val/pgd_acc" if pl_module.task == "classification" else "val/pgd_mse"
         pl_module.log(name, self.metric.compute(), sync_dist=True)

@@ -195,6 +195,7 @@ class RobustnessEvaluation(L.Callback):
                                for e in self.pgd_epsilons for stage in stages}
         self.clean_subset = epoch_mean().to(device)
         self.test_samples = SumMetric(nan_strategy="disable").to(device)
+        self.attacked_samples = SumMetric(nan_strategy="disable").to(device)  # summed over processes
         self.certified_metrics = {r: epoch_mean().to(device) for r in self.certified_radii}
         self.budget = SampleBudget(self.sample_size, trainer)
         self.generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_rank)
@@ -212,10 +213,11 @@ class RobustnessEvaluation(L.Callback):
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
-        self.test_samples.update(torch.tensor(float(len(x)), device=x.device))
+        self.test_samples.update(torch.full((), float(len(x)), device=x.device))
         x, y = self.budget.take(x, y)
         if len(x) == 0:
             return
+        self.attacked_samples.update(torch.full((), float(len(x)), device=x.device))
         module: LipRegModule = pl_module
         with torch.no_grad():
             logits = module.net(x)
@@ -269,7 +271,7 @@ class RobustnessEvaluation(L.Callback):
             "metric": metric_name,
             "checkpoint": trainer.ckpt_path,
             "samples": int(self.test_samples.compute()),
-            "attack_samples": int(self.clean_subset.weight.sum().item()),
+            "attack_samples": int(self.attacked_samples.compute()),
             "clean": float(clean.compute()),
             "clean_subset": float(self.clean_subset.compute()),
             "train": self._train_score(trainer, module),

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from lipreg.callbacks.robustness import RobustnessEvaluation
+from lipreg.devices import synchronize
 from lipreg.errors import LipregError, TrainingDiverged
 
 #: Metrics the per-epoch line shows first, in this order, when the run logs them.
@@ -32,7 +33,9 @@ class EpochTimer(L.Callback):
     """Wall time of every training epoch in ``times`` (seconds), validation excluded.
 
     Lightning validates inside the training epoch (before ``on_train_epoch_end``), so the clock is
-    paused from ``on_validation_start`` to ``on_validation_end``.
+    paused from ``on_validation_start`` to ``on_validation_end``. On a GPU every reading first
+    waits for the queued kernels (``torch.cuda.synchronize``), so the time is that of the work,
+    not of its launches.
     """
 
     def __init__(self) -> None:
@@ -41,21 +44,26 @@ class EpochTimer(L.Callback):
         self._paused = False
         self._elapsed = 0.0
 
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        synchronize(pl_module.device)
+        return time.perf_counter()
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._elapsed, self._start, self._paused = 0.0, time.perf_counter(), False
+        self._elapsed, self._start, self._paused = 0.0, self._now(pl_module), False
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None:
-            self._elapsed += time.perf_counter() - self._start
+            self._elapsed += self._now(pl_module) - self._start
             self._start, self._paused = None, True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._paused:
-            self._start, self._paused = time.perf_counter(), False
+            self._start, self._paused = self._now(pl_module), False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None:
-            self._elapsed += time.perf_counter() - self._start
+            self._elapsed += self._now(pl_module) - self._start
         self._start, self._paused = None, False
         self.times.append(self._elapsed)
 
@@ -250,7 +258,8 @@ class DivergenceGuard(L.Callback):
 class LatestCheckpoint(ModelCheckpoint):
     """The newest weights as ``latest-{epoch}-{step}.ckpt``, to resume from: saved every
     ``every_n_epochs`` training epochs (whether or not validation ran), at the end of training
-    and when the run is interrupted (Ctrl-C), never with non-finite weights. ``lipreg fit`` adds
+    and when a single-process run is interrupted (Ctrl-C), never with non-finite weights. Under
+    DDP an interrupt saves nothing (the processes are not in step); the last epoch's file stays. ``lipreg fit`` adds
     one (every epoch, or every validation interval for configs that validate rarely) when the
     config has none.
 
@@ -292,5 +301,15 @@ class LatestCheckpoint(ModelCheckpoint):
         self._save_now(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and self._save_now(trainer, pl_module):
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        if trainer.world_size > 1:
+            # Ctrl-C reaches every process at a different point of its step: a save now (a barrier,
+            # CLIP's all-gathers) would meet the others in mismatched collectives and hang. The last
+            # checkpoint written at an epoch's end, when all processes were in step, is the one to resume.
+            latest = self.best_model_path or "none yet (interrupted in the first epoch)"
+            rank_zero_only(print)(f"interrupted: under DDP no checkpoint is saved at the interrupt; the latest is "
+                                  f"{latest}", flush=True)
+            return
+        if self._save_now(trainer, pl_module):
             rank_zero_only(print)(f"interrupted: saved {self.best_model_path}", flush=True)

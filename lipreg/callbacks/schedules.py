@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from lipreg.errors import LipregError
-from lipreg.functional import decay_epsilon, discrepancy_step, warmup_finished
+from lipreg.functional import decay_epsilon, discrepancy_step, discrepancy_step_tensor, warmup_finished
 from lipreg.methods.base import LipRegModule
 
 
@@ -81,7 +81,9 @@ class LambdaDiscrepancy(L.Callback):
     ``monitor="train"`` reads the epoch's training accuracy (the paper), ``"val"`` the validation
     accuracy; both are torchmetrics values reduced over all processes, so every process applies
     the same update. With ``every_n_steps`` the rule acts every N training steps on the running
-    accuracy of the epoch (the pTV algorithm acts every minibatch) instead of once an epoch.
+    accuracy of the epoch (the pTV algorithm acts every minibatch) instead of once an epoch, on
+    the device (no host synchronisation a step). N counts optimiser steps: with N processes an
+    epoch has N× fewer of them, and so N× fewer updates.
     ``step_decay`` multiplies dλ after every update; ``maximum`` caps λ. It drives whatever
     coefficient the method has (λ, or μ for ``WeightDecay``) and waits while a warm-up runs.
     """
@@ -134,9 +136,26 @@ class LambdaDiscrepancy(L.Callback):
         if module.regularise and accuracy is not None:
             self.update(module, accuracy)
 
+    def update_on_device(self, module: LipRegModule) -> None:
+        """One discrepancy step on the running training accuracy, without reading it on the host.
+
+        The accuracy is the sum and count of the epoch's ``train_score`` metric (all-reduced under
+        DDP: one small collective, no host synchronisation), and λ is updated where it lives.
+        """
+        metric = module.metrics["train_score"]
+        totals = torch.stack([metric.mean_value, metric.weight]).float()
+        if module.distributed:
+            torch.distributed.all_reduce(totals)
+        accuracy = totals[0] / totals[1].clamp_min(1.0)
+        updated = discrepancy_step_tensor(module.lam, accuracy, self.target, self.step, self.minimum, self.maximum)
+        module.lam.copy_(torch.where(totals[1] > 0, updated, module.lam))
+        self.step *= self.step_decay
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
-            self._maybe_update(pl_module, "train")
+            module = _lipreg_module(pl_module, self)
+            if module.regularise:
+                self.update_on_device(module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.monitor == "train" and self.every_n_steps is None:

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from lipreg.errors import LipregError
+
 Task = Literal["classification", "regression"]
 
 
@@ -46,21 +48,30 @@ class ShuffledBatches:
     The last batch may be smaller (no samples are dropped).
     """
 
-    def __init__(self, tensors: Sequence[Tensor], batch_size: int, sampler: Sampler[int]) -> None:
+    def __init__(self, tensors: Sequence[Tensor], batch_size: int, sampler: Sampler[int],
+                 pin_memory: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.sampler = sampler
+        self.pin_memory = pin_memory
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
+
+    def _gather(self, tensor: Tensor, index: Tensor) -> Tensor:
+        if not self.pin_memory:
+            return tensor.index_select(0, index)
+        # gathered straight into page-locked memory: the copy to the GPU is then asynchronous
+        out = torch.empty((len(index), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True)
+        return torch.index_select(tensor, 0, index, out=out)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.tensors[0].device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield tuple(t.index_select(0, index) for t in self.tensors)
+            yield tuple(self._gather(t, index) for t in self.tensors)
 
 
 class ShardSampler(DistributedSampler):
@@ -109,7 +120,12 @@ class InMemoryDataModule(L.LightningDataModule):
     number, which shards the data across processes under DDP (each sample once per epoch) and
     makes a resumed run draw the same batches as an uninterrupted one. Validation and test data
     are sharded without padding (:class:`ShardSampler`). With ``on_device`` the tensors move to the GPU once, so
-    batches never cross the PCIe bus.
+    batches never cross the PCIe bus; without it, batches bound for a GPU are gathered into pinned memory.
+
+    ``batch_size`` is per process (Lightning's convention): N processes train on a global batch
+    of N·``batch_size`` and take N× fewer optimiser steps an epoch. ``global_batch_size`` instead
+    fixes the global batch, each process taking ``global_batch_size / N`` (N must divide it), so an
+    N-process run takes the optimiser steps of one process.
 
     Attributes set by subclasses: ``task``, ``num_outputs``, ``input_shape`` and ``input_box``
     (the valid input range, used to clamp attacks and Lipschitz pairs; ``None`` for unbounded).
@@ -120,11 +136,14 @@ class InMemoryDataModule(L.LightningDataModule):
     input_shape: tuple[int, ...]
     input_box: tuple[float, float] | None = None
 
-    def __init__(self, batch_size: int, eval_batch_size: int | None, seed: int, on_device: bool) -> None:
+    def __init__(self, batch_size: int, eval_batch_size: int | None, seed: int, on_device: bool,
+                 global_batch_size: int | None = None) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or (global_batch_size is not None and global_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got batch_size {batch_size}, global_batch_size "
+                             f"{global_batch_size}")
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed = seed
         self.on_device = on_device
@@ -154,17 +173,35 @@ class InMemoryDataModule(L.LightningDataModule):
         """The held-out inputs the CLIP paper builds its Lipschitz pair set from (or ``None``)."""
         return self._require_splits().lipschitz
 
+    def process_batch_size(self) -> int:
+        """The training batch of one process: ``batch_size``, or ``global_batch_size`` / processes."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        world, _ = self._process_layout()
+        if self.global_batch_size % world:
+            raise LipregError(f"global_batch_size {self.global_batch_size} is not divisible by the {world} processes; "
+                              f"choose a multiple of {world}")
+        return self.global_batch_size // world
+
+    def _pin_memory(self, tensor: Tensor) -> bool:
+        """Whether batches of ``tensor`` (kept on the CPU) are bound for a CUDA device."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        return (tensor.device.type == "cpu" and strategy is not None and strategy.root_device.type == "cuda"
+                and torch.cuda.is_available())
+
     def train_dataloader(self) -> ShuffledBatches:
         dataset = TensorBatches(*self._require_splits().train)
         world, rank = self._process_layout()
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return ShuffledBatches(dataset.tensors, self.batch_size, sampler)
+        return ShuffledBatches(dataset.tensors, self.process_batch_size(), sampler,
+                               pin_memory=self._pin_memory(dataset.tensors[0]))
 
     def _eval_loader(self, split: tuple[Tensor, Tensor]) -> DataLoader:
         dataset = TensorBatches(*split)
         world, rank = self._process_layout()
         sampler = ShardSampler(dataset, num_replicas=world, rank=rank)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=keep_batch)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=keep_batch,
+                          pin_memory=self._pin_memory(split[0]))
 
     def _process_layout(self) -> tuple[int, int]:
         """``(world size, global rank)`` of this process; ``(1, 0)`` without a trainer."""

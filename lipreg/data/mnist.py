@@ -66,8 +66,9 @@ class MNISTDataModule(InMemoryDataModule):
         seed: int = 0,
         download: bool = False,
         on_device: bool = True,
+        global_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, seed, on_device)
+        super().__init__(batch_size, eval_batch_size, seed, on_device, global_batch_size)
         if val_size < 0 or lipschitz_size < 0 or val_size + lipschitz_size >= 60000:
             raise ValueError(
                 f"val_size ({val_size}) and lipschitz_size ({lipschitz_size}) must be >= 0 and leave "

@@ -62,8 +62,9 @@ class RegressionDataModule(InMemoryDataModule):
         batch_size: int = 100,
         seed: int = 0,
         on_device: bool = True,
+        global_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, grid_size, seed, on_device)
+        super().__init__(batch_size, grid_size, seed, on_device, global_batch_size)
         if problem not in DOMAINS:
             raise ValueError(f"unknown regression problem {problem!r}; choose one of {sorted(DOMAINS)}")
         if num_samples < 1 or grid_size < 2 or noise_std < 0:

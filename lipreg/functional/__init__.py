@@ -27,7 +27,7 @@ from lipreg.functional.penalties import (
     squared_parameter_norm,
 )
 from lipreg.functional.quotients import difference_quotients, pair_quotients, stack_pairs
-from lipreg.functional.schedules import decay_epsilon, discrepancy_step, warmup_finished
+from lipreg.functional.schedules import decay_epsilon, discrepancy_step, discrepancy_step_tensor, warmup_finished
 
 __all__ = [
     "ascend_pairs",
@@ -36,6 +36,7 @@ __all__ = [
     "decay_epsilon",
     "difference_quotients",
     "discrepancy_step",
+    "discrepancy_step_tensor",
     "fgsm",
     "gaussian_noise",
     "input_gradient_penalty",

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lipreg.devices import float32_maths
 from lipreg.functional.quotients import MIN_DISTANCE, differentiable_copy, pair_quotients, sample_norm
 
 NoiseKind = Literal["gaussian", "uniform"]
@@ -242,9 +243,10 @@ def ascend_pairs(
     the last step's trial points need no gradient, and the quotients of the returned pairs come
     from these passes (``AscentResult.quotients``).
 
-    Every pair moves on its own quotient, so the pair set is worked through in chunks of
+    Every pair moves on its own quotient, so on a CPU the pair set is worked through in chunks of
     :data:`CHUNK_BYTES` (all steps of one chunk, then the next): the same result, with less
-    memory traffic. Pass ``chunked=False`` for a network whose output for a sample depends on the
+    memory traffic; on a GPU it moves in one piece (chunks would only multiply kernel launches). Pass
+    ``chunked=False`` for a network whose output for a sample depends on the
     rest of its batch (batch normalisation in training mode), and whenever ``project`` needs the
     whole set (it is then given it in one piece anyway).
 
@@ -253,19 +255,44 @@ def ascend_pairs(
             default a new tensor.
 
     Only ``torch.autograd.grad`` is used, so the model's parameter gradients are untouched; the
-    returned tensors are detached.
+    returned tensors are detached. Under autocast (``bf16-mixed``, ``16-mixed``) the ascent still
+    runs in float32 (:func:`~lipreg.devices.float32_maths`): with bf16 logits half the accept
+    decisions flipped at initialisation.
     """
+    with float32_maths(pairs.device):
+        return _ascend(model, pairs, step_size, steps, p, box, project, adaptive, grow, shrink, out, chunked)
+
+
+def _ascend(
+    model: Callable[[Tensor], Tensor],
+    pairs: Tensor,
+    step_size: Tensor | float,
+    steps: int,
+    p: float,
+    box: Box | None,
+    project: Callable[[Tensor], Tensor] | None,
+    adaptive: bool,
+    grow: float,
+    shrink: float,
+    out: Tensor | None,
+    chunked: bool,
+) -> AscentResult:
+    """:func:`ascend_pairs` outside autocast."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if pairs.dim() < 2 or pairs.shape[0] != 2:
         raise ValueError(f"a pair set is a [2, P, ...] tensor, got shape {tuple(pairs.shape)}")
     num_pairs = pairs.shape[1]
-    tau = torch.as_tensor(step_size, dtype=pairs.dtype, device=pairs.device).expand(num_pairs).clone()
+    if isinstance(step_size, Tensor):
+        tau = step_size.to(pairs.device, pairs.dtype).expand(num_pairs).clone()
+    else:  # filled on the device: a tensor made from a Python number is a host-to-device copy
+        tau = torch.full((num_pairs,), float(step_size), dtype=pairs.dtype, device=pairs.device)
     pairs = pairs.detach()
     if steps == 0:
         return AscentResult(pairs if out is None else out.copy_(pairs), tau, None)
     pair_bytes = 2 * pairs[0, 0].numel() * pairs.element_size()
-    chunk = num_pairs if not chunked or project is not None else max(1, CHUNK_BYTES // pair_bytes)
+    on_cpu = pairs.device.type == "cpu"  # chunks pay for cache locality; on a GPU they only add kernel launches
+    chunk = max(1, CHUNK_BYTES // pair_bytes) if chunked and on_cpu and project is None else num_pairs
     if chunk >= num_pairs and out is None:  # one piece: no copy into a separate result
         moved, tau, quotients = _ascend_chunk(model, pairs, tau, steps, p, box, project, adaptive, grow, shrink)
         return AscentResult(moved, tau, quotients)

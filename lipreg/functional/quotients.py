@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from lipreg.devices import float32_maths
+
 #: Distances below this count as zero: the quotient of a coincident pair is defined as 0.
 MIN_DISTANCE = 1e-12
 
@@ -59,6 +61,8 @@ def pair_quotients(
 
     the quantity whose supremum is the Lipschitz constant (CLIP paper, eq. (3)). Both points go
     through the model in one batched forward pass over ``pairs.flatten(0, 1)``, a view (no copy).
+    Under autocast (``bf16-mixed``, ``16-mixed``) the pass still runs in float32
+    (:func:`~lipreg.devices.float32_maths`): a quotient of rounded logits keeps few digits.
     A pair whose points coincide (distance below ``MIN_DISTANCE``) has quotient 0 and a zero
     gradient, never NaN/Inf.
 
@@ -74,12 +78,13 @@ def pair_quotients(
     if pairs.dim() < 2 or pairs.shape[0] != 2:
         raise ValueError(f"a pair set is a [2, P, ...] tensor, got shape {tuple(pairs.shape)}")
     num_pairs = pairs.shape[1]
-    outputs = model(pairs.flatten(0, 1))  # [2P, out]
-    output_gap = sample_norm(outputs[:num_pairs] - outputs[num_pairs:], p if output_p is None else output_p)
-    input_gap = _PairDistance.apply(pairs) if p == 2.0 else sample_norm(pairs[0] - pairs[1], p)  # [P]
-    coincident = input_gap < MIN_DISTANCE
-    # where the points coincide the numerator is 0 too; divide by 1 there so no Inf/NaN appears.
-    return torch.where(coincident, torch.zeros_like(output_gap), output_gap / input_gap.clamp_min(MIN_DISTANCE))
+    with float32_maths(pairs.device):
+        outputs = model(pairs.flatten(0, 1))  # [2P, out]
+        output_gap = sample_norm(outputs[:num_pairs] - outputs[num_pairs:], p if output_p is None else output_p)
+        input_gap = _PairDistance.apply(pairs) if p == 2.0 else sample_norm(pairs[0] - pairs[1], p)  # [P]
+        coincident = input_gap < MIN_DISTANCE
+        # where the points coincide the numerator is 0 too; divide by 1 there so no Inf/NaN appears.
+        return torch.where(coincident, torch.zeros_like(output_gap), output_gap / input_gap.clamp_min(MIN_DISTANCE))
 
 
 def stack_pairs(u: Tensor, v: Tensor) -> Tensor:

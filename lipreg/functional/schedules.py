@@ -1,4 +1,8 @@
-"""Schedules of the regularisation coefficient and the ε-ball as plain ``float -> float`` functions."""
+"""Schedules of the regularisation coefficient and the ε-ball as plain ``float -> float`` functions (and the
+discrepancy step on tensors, for updates that must not wait for the device)."""
+
+import torch
+from torch import Tensor
 
 
 def discrepancy_step(
@@ -31,6 +35,29 @@ def discrepancy_step(
         updated = coefficient - step
         updated = minimum if updated - minimum <= 1e-6 * step else updated
     return updated if maximum is None else min(updated, maximum)
+
+
+def discrepancy_step_tensor(
+    coefficient: Tensor,
+    accuracy: Tensor,
+    target: float,
+    step: float,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+) -> Tensor:
+    """:func:`discrepancy_step` on 0-d tensors, computed where they are (no value is read back to the host).
+
+    A step-wise rule (the pTV algorithm updates λ after every minibatch) would otherwise make the
+    host wait for the GPU every step.
+
+    >>> discrepancy_step_tensor(torch.tensor(0.2), torch.tensor(0.8), target=0.9, step=0.5)
+    tensor(0.)
+    """
+    raised = coefficient + step
+    lowered = coefficient - step
+    lowered = torch.where(lowered - minimum <= 1e-6 * step, torch.full_like(lowered, minimum), lowered)
+    updated = torch.where(accuracy > target, raised, lowered)
+    return updated if maximum is None else updated.clamp(max=maximum)
 
 
 def decay_epsilon(epsilon: float, factor: float = 0.9, minimum: float = 0.0) -> float:

@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError, Metric
 
+from lipreg.devices import check_precision, weights_device
 from lipreg.errors import LipregError
 
 Task = Literal["classification", "regression"]
@@ -166,10 +167,16 @@ class LipRegModule(L.LightningModule):
 
     def _log_and_reset(self, stage: str) -> None:
         names = [key for key in self.metrics if key.startswith(f"{stage}_")]
+        updated = [self.metrics[key].update_count > 0 for key in names]
+        if self.distributed and names:
+            # every process computes (a collective) what any process updated: one without samples
+            # must not skip the reductions the others wait in
+            flags = torch.tensor(updated, dtype=torch.int32, device=weights_device(self.net))  # once an epoch
+            updated = self.all_gather(flags).amax(dim=0).bool().tolist()
         values = {}
-        for key in names:
+        for key, any_updates in zip(names, updated, strict=True):
             metric = self.metrics[key]
-            if metric.update_count:
+            if any_updates:
                 label = self.score_name if key.endswith("_score") else key.split("_", 1)[1]
                 values[f"{stage}/{label}"] = metric.compute()
             metric.reset()
@@ -252,6 +259,7 @@ class LipRegModule(L.LightningModule):
         return super(LipRegModule, target).load_from_checkpoint(checkpoint_path, map_location, **kwargs)
 
     def setup(self, stage: str) -> None:
+        check_precision(str(self.trainer.precision))
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "num_outputs"):
             return
@@ -262,7 +270,9 @@ class LipRegModule(L.LightningModule):
                 f"model task is {self.task!r} but {name} is a {datamodule.task} dataset; "
                 f"set --model.init_args.task {datamodule.task}"
             )
-        probe = torch.zeros(2, *datamodule.input_shape, device=self.device)
+        # the device of the weights themselves: during ``setup`` Lightning fakes ``self.device`` as the
+        # accelerator's while the weights are still on the CPU (``lightning.pytorch.trainer.call._call_setup_hook``)
+        probe = torch.zeros(2, *datamodule.input_shape, device=weights_device(self.net))
         try:
             with torch.no_grad():
                 outputs = self.net(probe)

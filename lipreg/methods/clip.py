@@ -29,6 +29,13 @@ class CLIP(LipRegModule):
     - ``batch``: the current batch ``x`` and ``x + noise``;
     - ``box``: ``num_pairs`` points uniform in the input box and noisy copies (the paper's regression).
 
+    Under DDP the pair set is split: each of the N processes holds and ascends ``P // N`` pairs
+    (``heldout``: every N-th held-out image; ``box``: its own ``num_pairs // N`` draws), and the
+    penalty is the maximum over all shares, so the set and its penalty mean what they mean in one
+    process. Each process ascends its share once per step, so with N× fewer steps an epoch every
+    pair also takes N× fewer ascent steps an epoch. Resuming on another number of processes
+    re-deals the saved set in equal shares (the last ``P mod N`` pairs are left out).
+
     ``reinit_every_n_steps`` draws a fresh set every N steps (the regression experiment draws one a
     epoch). ``squared=True`` penalises ``max L²``, the CLIP reference code's variant.
     ``p`` is the norm on inputs and outputs (the paper uses Euclidean norms).
@@ -150,11 +157,15 @@ class CLIP(LipRegModule):
         if self.pair_init == "batch":
             centres = x[: self.num_pairs] if self.num_pairs else x
             return noisy_pairs(centres, self.noise_scale, self.noise, self.input_box, generator)
+        world = self.trainer.world_size if self._trainer is not None else 1
         if self.pair_init == "box":
             if self.input_box is None:
                 raise LipregError("pair_init 'box' needs a data module with an input_box")
-            return box_pairs(self.num_pairs, tuple(x.shape[1:]), self.input_box, self.noise_scale, self.noise,
-                             generator, x.device)
+            if self.num_pairs < world:
+                raise LipregError(f"num_pairs ({self.num_pairs}) must be at least the number of processes ({world})")
+            # num_pairs in all: each process draws its equal share (the generator is seeded per rank)
+            return box_pairs(self.num_pairs // world, tuple(x.shape[1:]), self.input_box, self.noise_scale,
+                             self.noise, generator, x.device)
         held_out = getattr(self.trainer.datamodule, "lipschitz_inputs", None) if self._trainer else None
         if held_out is None or len(held_out) == 0:
             raise LipregError(
@@ -162,7 +173,6 @@ class CLIP(LipRegModule):
                 "(the paper uses 6000), or use pair_init 'batch' or 'box'"
             )
         held_out = held_out[: self.num_pairs] if self.num_pairs else held_out
-        world = self.trainer.world_size
         per_process = len(held_out) // world  # equal shares (DDP gathers them for checkpoints)
         share = held_out[self.global_rank : per_process * world : world]
         return noisy_pairs(share.to(x.device), self.noise_scale, self.noise, self.input_box, generator)
@@ -182,14 +192,21 @@ class CLIP(LipRegModule):
         return self.pairs, self.pair_step
 
     def active_index(self, num_pairs: int, step: int) -> Tensor:
-        """The pairs training step ``step`` ascends: the ``active_pairs`` largest cached quotients and
-        the rotating slice of ``⌈P / revisit_every⌉`` pairs, without repeats (sorted)."""
-        chosen = torch.zeros(num_pairs, dtype=torch.bool, device=self.pair_quotients.device)
-        chosen[self.pair_quotients.topk(min(self.active_pairs, num_pairs)).indices] = True
+        """The pairs training step ``step`` ascends, without repeats: the rotating slice of
+        ``w = ⌈P / revisit_every⌉`` pairs and the ``active_pairs`` largest cached quotients outside it.
+
+        Always ``min(w + active_pairs, P)`` indices, so the index is built on the device without a
+        host synchronisation (a boolean mask would need ``nonzero``, which waits for the GPU).
+        """
+        device = self.pair_quotients.device
         width = -(-num_pairs // self.revisit_every)
         start = (step * width) % num_pairs
-        chosen[(start + torch.arange(width, device=chosen.device)) % num_pairs] = True
-        return chosen.nonzero().squeeze(1)  # one host sync a step
+        rotating = (start + torch.arange(width, device=device)) % num_pairs
+        top = min(self.active_pairs, num_pairs - width)
+        if top == 0:
+            return rotating
+        outside = self.pair_quotients.index_fill(0, rotating, float("-inf"))
+        return torch.cat([rotating, outside.topk(top).indices])
 
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
         pairs, step = self._pairs_for_step(x)
@@ -247,7 +264,13 @@ class CLIP(LipRegModule):
         def own_share(stacked: Tensor) -> Tensor:
             if stacked.shape[0] == world:  # same number of processes: each takes its own share back
                 return stacked[rank]
-            return stacked.flatten(0, 1)[rank::world]  # otherwise the whole set, re-dealt
+            # otherwise the whole set, re-dealt in equal shares (checkpoints all-gather them); as in
+            # ``initial_pairs``, the last ``P mod world`` pairs are left out
+            whole = stacked.flatten(0, 1)
+            per_process = len(whole) // world
+            if per_process == 0:
+                raise LipregError(f"the checkpoint's pair set has {len(whole)} pairs, fewer than the {world} processes")
+            return whole[rank : per_process * world : world]
 
         u, v, self.pair_step = (own_share(saved[k]) for k in ("u", "v", "step"))
         self.pairs = torch.stack([u, v])
