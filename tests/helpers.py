@@ -81,3 +81,32 @@ class HostSyncCounter(torch.overrides.TorchFunctionMode):
         elif func in (torch.tensor, torch.as_tensor) and args and not isinstance(args[0], torch.Tensor):
             self._count("tensor from host data")
         return func(*args, **kwargs)
+
+
+class SetupPassed(Exception):
+    """Raised after Lightning's setup hooks ran (with a faked device) to stop a run there."""
+
+
+def fake_setup_device(monkeypatch: Any, device: str = "meta", stop: bool = True) -> None:
+    """Run Lightning's setup hooks as they run on a GPU: ``LightningModule.device`` already reports
+    the accelerator (here ``device``, by default ``meta``) while the weights are still on the CPU.
+
+    ``lightning.pytorch.trainer.call._call_setup_hook`` sets every module's ``_device`` to
+    ``trainer.strategy.root_device`` before calling the data module's, the callbacks' and the
+    module's ``setup``; that root device is faked for exactly that call. With ``stop`` the run then
+    ends with :class:`SetupPassed`; otherwise it goes on, on the CPU.
+    """
+    from unittest import mock
+
+    from lightning.pytorch.trainer import call
+
+    original = call._call_setup_hook
+
+    def faked(trainer: L.Trainer) -> None:
+        with mock.patch.object(type(trainer.strategy), "root_device", new_callable=mock.PropertyMock,
+                               return_value=torch.device(device)):
+            original(trainer)
+        if stop:
+            raise SetupPassed
+
+    monkeypatch.setattr(call, "_call_setup_hook", faked)

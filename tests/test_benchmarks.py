@@ -52,3 +52,29 @@ def test_startup_benchmark_prints_the_ratio_to_importing_lightning():
     out = run_benchmark("startup.py", "--repeats", "1")
     for command in ("import lightning.pytorch", "lipreg --help", "argument error"):
         assert re.search(rf"{re.escape(command)}.*\s\d+\.\d+\s+\d+\.\d+", out), out
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_kind_of_check_on_the_cpu(data_dir: Path, tmp_path: Path):
+    """The GPU check in its CPU dry run, on a small budget, from gzipped copies of the data (as it is given them)."""
+    import gzip
+    import json
+
+    packed = tmp_path / "packed"
+    for name in ("MNIST", "FashionMNIST"):
+        (packed / name / "raw").mkdir(parents=True)
+        for raw in (data_dir / name / "raw").iterdir():
+            if not raw.name.endswith(".gz"):
+                (packed / name / "raw" / f"{raw.name}.gz").write_bytes(gzip.compress(raw.read_bytes(), compresslevel=1))
+    summary = tmp_path / "summary.json"
+    out = run_benchmark("gpu_check.py", "--data-dir", str(packed), "--accelerator", "cpu", "--configs", "mnist_clip",
+                        "regression_clip", "--batches", "2", "--test-images", "20", "--timing-config", "mnist_clip",
+                        "--out", str(summary), "--root", str(tmp_path / "runs"))
+    result = json.loads(summary.read_text())
+    names = [check["check"] for check in result["checks"]]
+    for expected in ("fit mnist_clip", "fit regression_clip", "test mnist_clip (20 images)", "predict mnist_clip",
+                     "resume mnist_clip", "fit mnist_clip bf16-mixed", "fit mnist_clip 16-mixed",
+                     "DDP: two processes on the CPU (gloo)", "mnist_clip s/step on cpu",
+                     "host syncs per training step: CLIP"):
+        assert expected in names, out
+    assert result["failed"] == [] and result["passed"] == len(names), out

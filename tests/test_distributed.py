@@ -27,7 +27,7 @@ def lipreg(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.Compl
                           timeout=timeout)
 
 
-def method_args(method: str, data_dir: Path, root: Path, *extra_callbacks: str) -> list[str]:
+def method_args(method: str, data_dir: Path, root: Path, *extra_callbacks: str, pgd_samples: int = 500) -> list[str]:
     """configs/mnist_<method>.yaml on 400 Lipschitz images, an easy target so λ moves every epoch,
     PGD validation on the first 500 images, and ProcessAgreement guarding every epoch. The list
     replaces the config's callbacks, so ``lipreg fit``'s own ``latest-…`` checkpoint (every epoch) is used."""
@@ -48,7 +48,7 @@ trainer:
     - class_path: lipreg.callbacks.LambdaDiscrepancy
       init_args: {{target: 0.05, step: 0.05}}
     - class_path: lipreg.callbacks.PGDValidation
-      init_args: {{epsilon: 2.0, step_size: 0.5, steps: 7, sample_size: 500}}{callbacks}
+      init_args: {{epsilon: 2.0, step_size: 0.5, steps: 7, sample_size: {pgd_samples}}}{callbacks}
 data:
   init_args:
     data_dir: {data_dir}
@@ -100,7 +100,9 @@ def test_two_process_clip_agrees_across_ranks_and_matches_single_process_evaluat
     saved = torch.load(written, weights_only=True)
     assert torch.equal(saved["targets"], labels)
     accuracy = (saved["predictions"] == labels).float().mean().item()
-    assert json.loads(report.read_text())["clean"] == pytest.approx(accuracy, abs=1e-6)
+    written_report = json.loads(report.read_text())
+    assert written_report["clean"] == pytest.approx(accuracy, abs=1e-6)
+    assert written_report["attack_samples"] == 200  # counted over both processes, not rank 0's 100
 
 
 def test_agreement_check_catches_processes_that_drift_apart(tmp_path: Path, data_dir: Path):
@@ -168,3 +170,37 @@ def test_entry_point_destroys_the_process_group_after_a_run(monkeypatch: pytest.
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def test_ddp_without_samples_on_a_rank_then_resumed_on_three_processes_then_interrupted(tmp_path: Path,
+                                                                                        data_dir: Path):
+    """Each run is bounded by a timeout: a rank that skips a collective the others wait in hangs them.
+
+    1. two processes, PGD validation on one image: rank 1 attacks none and must still join the reduction;
+    2. resumed on three processes: 400 pairs re-dealt as 3 × 133 (the all-gather at the next
+       checkpoint needs equal shares; unequal ones crashed with "Received data size doesn't match");
+    3. resumed on two again, Ctrl-C in rank 0 in mid-epoch: the run ends at once (a save at the
+       interrupt would meet the other process in mismatched collectives) and the last epoch's
+       checkpoint is complete and resumable.
+    """
+    first = lipreg("fit", *method_args("clip", data_dir, tmp_path, pgd_samples=1), *DDP, "--trainer.max_epochs", "1",
+                   timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert 0 <= last_logged(tmp_path, "val/pgd_acc") <= 1
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    three = [*DDP[:2], "--trainer.devices", "3", *DDP[4:]]
+    resumed = lipreg("fit", *method_args("clip", data_dir, tmp_path, pgd_samples=1), *three,
+                     "--trainer.max_epochs", "2", "--ckpt_path", str(next(checkpoints.glob("latest-epoch=0-*.ckpt"))),
+                     timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    latest = next(checkpoints.glob("latest-epoch=1-*.ckpt"))
+    state = torch.load(latest, weights_only=True)
+    assert state["lipreg"]["pair_set"]["u"].shape[:2] == (3, 133)
+    interrupted = lipreg("fit", *method_args("clip", data_dir, tmp_path, "tests.ddp_helpers.InterruptOnRankZero"),
+                         *DDP, "--trainer.max_epochs", "4", "--ckpt_path", str(latest), timeout=300)
+    assert interrupted.returncode != 0
+    assert "interrupted: under DDP no checkpoint is saved at the interrupt; the latest is" in interrupted.stdout
+    assert not list(checkpoints.glob("latest-epoch=2-*.ckpt"))
+    again = run(["validate", *method_args("clip", data_dir, tmp_path / "after"), "--ckpt_path", str(latest)])
+    assert again.trainer.callback_metrics["val/pgd_acc"] >= 0
+    assert torch.load(latest, weights_only=True)["lipreg"]["pair_set"]["u"].shape[:2] == (3, 133)

@@ -164,6 +164,14 @@ def _quotients_and_input_grad(model: Callable[[Tensor], Tensor], pairs: Tensor, 
 CHUNK_BYTES = 8 * 2**20
 
 
+def chunk_length(num_pairs: int, pair_bytes: int, device: torch.device, chunked: bool = True) -> int:
+    """How many pairs the ascent moves at a time: :data:`CHUNK_BYTES` worth on a CPU (cache locality),
+    all of them on a GPU (there chunks would only multiply the kernel launches) or when not ``chunked``."""
+    if not chunked or device.type != "cpu":
+        return num_pairs
+    return max(1, CHUNK_BYTES // pair_bytes)
+
+
 def _ascend_chunk(
     model: Callable[[Tensor], Tensor],
     pairs: Tensor,
@@ -291,8 +299,7 @@ def _ascend(
     if steps == 0:
         return AscentResult(pairs if out is None else out.copy_(pairs), tau, None)
     pair_bytes = 2 * pairs[0, 0].numel() * pairs.element_size()
-    on_cpu = pairs.device.type == "cpu"  # chunks pay for cache locality; on a GPU they only add kernel launches
-    chunk = max(1, CHUNK_BYTES // pair_bytes) if chunked and on_cpu and project is None else num_pairs
+    chunk = chunk_length(num_pairs, pair_bytes, pairs.device, chunked and project is None)
     if chunk >= num_pairs and out is None:  # one piece: no copy into a separate result
         moved, tau, quotients = _ascend_chunk(model, pairs, tau, steps, p, box, project, adaptive, grow, shrink)
         return AscentResult(moved, tau, quotients)
