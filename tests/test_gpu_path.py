@@ -266,3 +266,25 @@ def test_epoch_timer_waits_for_the_gpu_before_each_reading(monkeypatch: pytest.M
     assert len(waits) == 4 and len(timer.times) == 1
     EpochTimer().on_train_epoch_start(None, SimpleNamespace(device=torch.device("cpu")))
     assert len(waits) == 4  # nothing to wait for on a CPU
+
+
+def test_apgd_and_square_read_the_device_once_an_iteration():
+    """APGD: one read a step (stop or compact) and one index per compaction; Square: one read a
+    query and two indices per compaction (the broken and the kept rows), never one per state tensor."""
+    from lipreg.functional.apgd import apgd, apgd_checkpoints
+    from lipreg.functional.square import square
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(40, 1, 4, 4), torch.randint(0, 3, (40,))
+    steps = 20
+    with HostSyncCounter() as counter:
+        apgd(net, x, y, epsilon=0.5, steps=steps, generator=torch.Generator().manual_seed(0))
+    compactions = counter.calls.get("nonzero", 0)
+    assert counter.calls.get("item", 0) <= steps
+    assert compactions <= len(set(apgd_checkpoints(steps))) + steps // 2 and set(counter.calls) <= {"item", "nonzero"}
+    queries = 30
+    with HostSyncCounter() as counter:
+        square(net, x, y, epsilon=0.5, queries=queries, generator=torch.Generator().manual_seed(0))
+    assert counter.calls.get("bool", 0) <= queries and set(counter.calls) <= {"bool", "nonzero"}
+    assert counter.calls.get("nonzero", 0) <= 2 * counter.calls.get("bool", 0)

@@ -69,10 +69,11 @@ class _State:
         self.__dict__.update(tensors)
 
     def keep(self, mask: Tensor) -> None:
-        """Drop every sample where ``mask`` is false."""
+        """Drop every sample where ``mask`` is false (one host synchronisation: the kept rows' index)."""
+        rows = mask.nonzero().squeeze(1)
         for name, value in self.__dict__.items():
             if value is not None:
-                setattr(self, name, value[mask])
+                setattr(self, name, value.index_select(0, rows))
 
 
 def apgd(
@@ -138,15 +139,17 @@ def apgd(
         if is_adversarial is None:
             return
         new = is_adversarial(logits, s.y) & ~s.done
-        if new.any():
-            result[s.index[new]] = s.current[new]
-            s.done = s.done | new
+        # written without reading ``new`` on the host: rows not newly adversarial keep their value
+        kept = result.index_select(0, s.index)
+        result.index_copy_(0, s.index, torch.where(per_sample_view(new, kept), s.current, kept))
+        s.done = s.done | new
 
     record_adversarial(logits)
     checkpoints = set(apgd_checkpoints(steps))
     last_check = 0
+    finished_share = 0.0
     for k in range(steps):
-        if s.done.all():
+        if finished_share >= 1.0:
             break
         with torch.no_grad():
             weight = 1.0 if k == 0 else rho
@@ -173,10 +176,15 @@ def apgd(
             s.reduced_at_check, s.best_loss_at_check = reduce, s.best_loss
             s.increases = torch.zeros_like(s.increases)
             last_check = k + 1
-        if is_adversarial is not None and (k + 1 in checkpoints or s.done.float().mean() >= COMPACT_SHARE):
-            s.keep(~s.done)
-    unfinished = ~s.done
-    result[s.index[unfinished]] = s.best[unfinished]
+        if is_adversarial is not None:
+            finished_share = s.done.float().mean().item()  # the one host read of a step: stop or compact
+            if finished_share >= 1.0:
+                break
+            if k + 1 in checkpoints or finished_share >= COMPACT_SHARE:
+                s.keep(~s.done)
+                finished_share = 0.0
+    kept = result.index_select(0, s.index)  # the samples never adversarial get their best iterate
+    result.index_copy_(0, s.index, torch.where(per_sample_view(s.done, kept), kept, s.best))
     return result.detach()
 
 

@@ -7,6 +7,7 @@ no gradient, so it is the ensemble's check that a robust network is not merely h
 gradients. Images ``[B, C, H, W]`` only: the windows are squares of pixels.
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -46,9 +47,13 @@ def _centred_rectangles(rows: int, cols: int, device: torch.device) -> Tensor:
     return pattern / pattern.norm()
 
 
+@functools.lru_cache(maxsize=64)
 def square_pattern(size: int, device: torch.device) -> Tensor:
     """The L2 attack's ``size × size`` update: centred rectangles, positive in the top half and
-    negative in the bottom half, unit L2 norm (Andriushchenko et al., 2020, Algorithm 3's η)."""
+    negative in the bottom half, unit L2 norm (Andriushchenko et al., 2020, Algorithm 3's η).
+
+    Built once per size and device (the window size changes a handful of times in a run, the
+    pattern is read every query); callers must not modify it."""
     top = size // 2
     pattern = torch.cat([_centred_rectangles(top, size, device), -_centred_rectangles(size - top, size, device)])
     return pattern / pattern.norm()
@@ -170,9 +175,12 @@ def square(
         centre, labels = x, y
         for step in range(queries - 1):  # the start was the first query
             robust = margin > 0
-            if not robust.all():
-                result[index[~robust]] = best[~robust]
-                index, centre, best, margin, labels = (t[robust] for t in (index, centre, best, margin, labels))
+            if not robust.all():  # the one host read of a query; a compaction adds one index
+                broken = (~robust).nonzero().squeeze(1)
+                result.index_copy_(0, index.index_select(0, broken), best.index_select(0, broken))
+                kept = robust.nonzero().squeeze(1)
+                index, centre, best, margin, labels = (t.index_select(0, kept)
+                                                       for t in (index, centre, best, margin, labels))
             if len(index) == 0:
                 break
             side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
