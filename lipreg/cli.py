@@ -1,6 +1,8 @@
 """The ``lipreg`` command: a LightningCLI over lipreg's methods and data modules."""
 
+import os
 import shlex
+import signal
 import sys
 import tempfile
 import warnings
@@ -9,6 +11,8 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -28,7 +32,7 @@ from lipreg.cli_parser import LipRegArgumentParser, raise_from_chain
 from lipreg.devices import use_exact_float32
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
-from lipreg.runs import placed_logger, resume_logger, run_directory
+from lipreg.runs import AtomicCheckpointIO, claimed_logger, placed_logger, resume_logger, run_directory
 
 # Two warnings of the installed Lightning that say nothing to a lipreg user: its pytree helper uses
 # an API that torch 2.14 deprecates, and lipreg logs training metrics once an epoch, so the advice
@@ -90,6 +94,8 @@ class LipRegCLI(LightningCLI):
 
     # ----------------------------------------------------------------- before anything is built
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        for config_file in named_configs(self.words):
+            check_config_file(config_file)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand is None:
@@ -105,7 +111,11 @@ class LipRegCLI(LightningCLI):
             return
         if checkpoint in SPECIAL_CHECKPOINTS:
             return
-        check_checkpoint(Path(checkpoint), config.model.class_path if config.get("model") else None)
+        model = config.get("model")
+        data = config.get("data")
+        check_checkpoint(Path(checkpoint), model.class_path if model else None,
+                         data.class_path if data else None,
+                         (model.get("init_args") or {}).get("task", "classification") if model else None)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -122,6 +132,8 @@ class LipRegCLI(LightningCLI):
                 trainer.logger = placed_logger(trainer.logger, run_directory(checkpoint), self.subcommand,
                                                Path(checkpoint).stem)
         check_writable(Path(trainer.default_root_dir or "."))
+        # a new run claims its version folder now: two runs started at once never share one
+        trainer.logger = claimed_logger(trainer.logger, trainer.default_root_dir) or trainer.logger
 
     def instantiate_classes(self) -> None:
         try:
@@ -132,6 +144,9 @@ class LipRegCLI(LightningCLI):
 
     # ----------------------------------------------------------------- subcommands
     def before_fit(self) -> None:
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make every checkpoint write atomic
+            strategy.checkpoint_io = AtomicCheckpointIO()
         callbacks = self.trainer.callbacks
         if not any(isinstance(c, DivergenceGuard) for c in callbacks):
             callbacks.insert(0, DivergenceGuard())
@@ -176,8 +191,49 @@ class LipRegCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
 
 
-def check_checkpoint(path: Path, config_class: str | None) -> None:
-    """A one-line error unless ``path`` is a readable lipreg checkpoint of the config's method."""
+def named_configs(words: list[str]) -> list[Path]:
+    """The files given as ``--config FILE`` or ``--config=FILE`` on a command line."""
+    found = []
+    for index, word in enumerate(words):
+        if word == "--config" and index + 1 < len(words):
+            found.append(Path(words[index + 1]))
+        elif word.startswith("--config="):
+            found.append(Path(word.split("=", 1)[1]))
+    return found
+
+
+def check_config_file(path: Path) -> None:
+    """A one-line error naming ``path`` when it is empty, not YAML (with the line that is wrong) or not a mapping.
+
+    jsonargparse reports these as ``Unexpected config:`` with the file's text, or with a position
+    ``in "<unicode string>"``; a missing file is left to it (it says so already).
+    """
+    if not path.is_file():
+        return
+    text = path.read_text()
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context = getattr(error, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise LipregError(f"config {path} is not valid YAML at {where}: {detail}") from None
+    if loaded is None:
+        raise LipregError(f"config {path} is empty (no options, only comments or blank lines)")
+    if not isinstance(loaded, dict):
+        raise LipregError(f"config {path} is a YAML {type(loaded).__name__}, not a mapping of options "
+                          "such as `trainer:`, `model:`, `data:`")
+
+
+def check_checkpoint(path: Path, config_class: str | None, config_data: str | None = None,
+                     config_task: str | None = None) -> None:
+    """A one-line error unless ``path`` is a readable lipreg checkpoint of the config's method, task and data."""
+    if path.is_dir():
+        inside = sorted(path.glob("*.ckpt"))
+        listed = f"checkpoints in it: {', '.join(p.name for p in inside[:5])}" if inside else "it holds no checkpoints"
+        raise LipregError(f"--ckpt_path {path} is a folder; {listed}")
     if not path.is_file():
         near = sorted(path.parent.glob("*.ckpt"))[:3] if path.parent.is_dir() else []
         hint = f"; checkpoints there: {', '.join(p.name for p in near)}" if near else ""
@@ -192,15 +248,26 @@ def check_checkpoint(path: Path, config_class: str | None) -> None:
             f"checkpoint {path} ({size} bytes) is damaged or not a checkpoint ({type(error).__name__}: "
             f"{str(error).splitlines()[0]}); use another one, e.g. the best-… or latest-… beside it"
         ) from None
+    run = run_directory(path)
+    own = run / "config.yaml" if run is not None and (run / "config.yaml").is_file() else None
     trained = hyperparameters.get("_class_path")
     if config_class and trained and trained != config_class:
-        run = run_directory(path)
-        own = run / "config.yaml" if run is not None and (run / "config.yaml").is_file() else None
         fix = f"use its run's config: --config {shown(own)}" if own else f"use a config whose model is {trained}"
         raise LipregError(
             f"checkpoint {path.name} was trained with {trained.rsplit('.', 1)[-1]} but the config trains "
             f"{config_class.rsplit('.', 1)[-1]}; {fix}"
         )
+    trained_task = hyperparameters.get("task")
+    trained_data = (checkpoint.get("lipreg") or {}).get("data_class_path")
+    name = lambda class_path: class_path.rsplit(".", 1)[-1]  # noqa: E731  (lipreg.data.X and lipreg.data.mnist.X)
+    if config_data and trained_data and name(trained_data) != name(config_data):
+        mismatch = f"was trained on {name(trained_data)} but the config's data is {name(config_data)}"
+    elif config_task and trained_task and trained_task != config_task:
+        mismatch = f"is a {trained_task} network but the config is for {config_task}"
+    else:
+        return
+    fix = f"use its run's config: --config {shown(own)}" if own else "use the config it was trained with"
+    raise LipregError(f"checkpoint {path.name} {mismatch}; {fix}")
 
 
 def check_writable(directory: Path) -> None:
@@ -282,8 +349,32 @@ def main(args: ArgsType = None) -> None:
     exits: otherwise gloo's worker threads may still hold tensors during finalisation and the
     process aborts (``terminate called without an active exception``) after finishing its work.
     After an error it is left alone, since destroying it while other processes still wait in a
-    collective can hang.
+    collective can hang. The working directory is importable (as under ``python -m lipreg``), and
+    SIGTERM stops a run as Ctrl-C does (:func:`stop_on_sigterm`).
     """
-    run(args)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # `python -m lipreg` finds a user's own module (`class_path: my_regularisers.LogitSquare`) in the
+        # working directory; the console script would not
+        sys.path.insert(0, os.getcwd())
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        sys.exit("lipreg: interrupted")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (what ``timeout`` and batch schedulers send) stops a run as Ctrl-C does.
+
+    Lightning's own handler only notes the signal and stops at the next batch boundary (a test
+    batch takes minutes); this one raises ``KeyboardInterrupt`` at once, so ``fit`` saves its
+    resumable ``latest-…`` checkpoint and ``test`` marks its folder incomplete. Lightning keeps it
+    in its chain of handlers. A second SIGTERM during that shutdown is ignored.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("lipreg: received SIGTERM, stopping as on Ctrl-C", file=sys.stderr, flush=True)
+    raise KeyboardInterrupt

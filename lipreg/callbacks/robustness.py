@@ -24,6 +24,9 @@ from lipreg.functional.pairs import noisy_pairs
 from lipreg.methods.base import LipRegModule, epoch_mean
 from lipreg.report import close_figure, ensemble_summary, format_table, robustness_figure, write_results
 
+#: The file that marks a results folder whose ``lipreg test`` did not finish.
+INCOMPLETE_MARKER = "INCOMPLETE"
+
 #: The curves whose per-sample results at ε feed the worst case (they use ``pgd_norm``).
 PGD_CURVES = ("pgd", "pgd_sign")
 
@@ -47,7 +50,8 @@ class RobustnessEvaluation(L.Callback):
     Results are logged (``test/pgd_acc@2`` …), printed as a table, and written as
     ``robustness.json``, ``.csv`` and ``.png`` (curves against ε) into ``output_dir`` (default: the
     run's log directory); the curves also go to TensorBoard. All metrics are reduced over processes;
-    only rank 0 writes files.
+    only rank 0 writes files. A test stopped before the end (Ctrl-C, SIGTERM, an error) leaves an
+    ``INCOMPLETE`` file in that folder instead, and says so in one line.
 
     Args:
         ensemble: the attacks behind the robust accuracy besides the PGD columns, in the order they
@@ -309,7 +313,20 @@ class RobustnessEvaluation(L.Callback):
         if trainer.is_global_zero:
             self._publish(trainer, result, directory)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """An interrupted ``lipreg test`` leaves its folder marked: ``INCOMPLETE`` beside what it did write."""
+        if not trainer.testing or not trainer.is_global_zero:
+            return
+        log_dir = trainer.loggers[0].log_dir if trainer.loggers else None  # no collective: the others may be gone
+        directory = Path(self.output_dir or log_dir or "robustness")
+        if not directory.is_dir() or (directory / "robustness.json").is_file():
+            return
+        reason = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"stopped by {type(exception).__name__}"
+        (directory / INCOMPLETE_MARKER).write_text(f"lipreg test was {reason} before its results were written\n")
+        print(f"lipreg test {reason}: {directory} holds no results and is marked {INCOMPLETE_MARKER}", flush=True)
+
     def _publish(self, trainer: L.Trainer, result: dict[str, Any], directory: Path) -> None:
+        (directory / INCOMPLETE_MARKER).unlink(missing_ok=True)  # a finished run over an interrupted one
         paths = write_results(result, directory)
         print(f"\nRobustness of {result['method']} ({result['checkpoint'] or 'current weights'})")
         print(format_table([result]))

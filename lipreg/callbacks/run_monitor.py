@@ -172,7 +172,9 @@ class TestProgress(L.Callback):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops training at a non-finite loss or parameter, before any checkpoint of it is written.
+    """Stops training at a non-finite or exploded loss, or a non-finite parameter, before any checkpoint of it
+    is written. The loss has exploded when it exceeds ``explosion_factor`` × max(the run's first
+    training loss, 1) (default 10⁴: a cross-entropy that starts at 2.3 is stopped above 23,000).
 
     In a single CPU process the training objective is read every step (a CPU tensor: reading it
     waits for nothing, and one read is cheaper than any bookkeeping). On an accelerator, under DDP,
@@ -187,20 +189,26 @@ class DivergenceGuard(L.Callback):
 
     Args:
         check_every: steps between host reads (``None``: every step in a single CPU process, 50 otherwise).
+        explosion_factor: how many times the first loss (at least 1) counts as exploded (``None``: never).
     """
 
-    def __init__(self, check_every: int | None = None) -> None:
+    def __init__(self, check_every: int | None = None, explosion_factor: float | None = 1e4) -> None:
         if check_every is not None and check_every < 1:
             raise LipregError(f"DivergenceGuard check_every must be >= 1, got {check_every}")
+        if explosion_factor is not None and explosion_factor <= 1:
+            raise LipregError(f"DivergenceGuard explosion_factor must be > 1, got {explosion_factor}")
         self.check_every = check_every
+        self.explosion_factor = explosion_factor
         self._first_bad: torch.Tensor | None = None
         self._first_value: torch.Tensor | None = None
+        self._limit: torch.Tensor | None = None  # the exploded-loss threshold, set from the first step's loss
         self._read_every_step = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device
         self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self._first_value = torch.zeros((), device=device)
+        self._limit = torch.full((), float("nan"), device=device)
         single_cpu = device.type == "cpu" and trainer.world_size == 1
         self._read_every_step = single_cpu and self.check_every in (None, 1)
         if self.check_every is None:
@@ -213,13 +221,18 @@ class DivergenceGuard(L.Callback):
             return
         if self._read_every_step:
             value = loss.item()
-            if not math.isfinite(value):
+            if self.explosion_factor is not None and math.isnan(float(self._limit)) and math.isfinite(value):
+                self._limit.fill_(self.explosion_factor * max(abs(value), 1.0))
+            if not math.isfinite(value) or abs(value) > float(self._limit):
                 self._first_bad.fill_(trainer.global_step)
                 self._first_value.fill_(value)
                 self._check(trainer, pl_module, parameters=False)
             return
         loss = loss.detach().float().reshape(())
-        new = (~torch.isfinite(loss)) & (self._first_bad < 0)
+        if self.explosion_factor is not None:
+            first = self.explosion_factor * loss.abs().clamp_min(1.0)
+            self._limit = torch.where(torch.isnan(self._limit) & torch.isfinite(loss), first, self._limit)
+        new = (~torch.isfinite(loss) | (loss.abs() > self._limit)) & (self._first_bad < 0)
         self._first_bad = torch.where(new, trainer.global_step, self._first_bad)
         self._first_value = torch.where(new, loss, self._first_value)
         if trainer.global_step % self.check_every == 0:
@@ -237,7 +250,11 @@ class DivergenceGuard(L.Callback):
             return
         step = int(self._first_bad)
         if step >= 0:
-            quantity = f"the training loss is {float(self._first_value)}"
+            value = float(self._first_value)
+            quantity = f"the training loss is {value:.4g}"
+            if math.isfinite(value):
+                quantity += (f", over {self.explosion_factor:g}× its first value (the loss exploded; "
+                             f"explosion_factor sets the bound)")
         elif parameters and not parameters_finite(pl_module):
             step, quantity = trainer.global_step, "a network parameter is not finite"
         else:

@@ -292,6 +292,9 @@ class LipRegModule(L.LightningModule):
             "regularise": self.regularise,
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
         }
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:  # what it was trained on: evaluating it on other data is refused
+            checkpoint["lipreg"]["data_class_path"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.regularise = checkpoint.get("lipreg", {}).get("regularise", True)
