@@ -94,7 +94,9 @@ def claimed_logger(configured: Any, default_root_dir: str | None) -> dict[str, A
     options = configured.get("init_args") or {}
     if options.get("version") is not None:
         return None
-    save_dir = Path(options.get("save_dir") or default_root_dir or ".")
+    # absolute, as a resumed run's logger is (``resume_logger``): ModelCheckpoint restores its best score
+    # only when the checkpoint's folder is the same path
+    save_dir = Path(options.get("save_dir") or default_root_dir or ".").resolve()
     name = options.get("name") or "lightning_logs"
     return placed_logger(configured, save_dir, name, claim_version(save_dir, name))
 

@@ -71,7 +71,8 @@ def test_fit_prints_a_line_per_epoch_and_a_summary_with_the_test_command(capsys:
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
-    assert "train/loss" in lines[0] and "val/mse" in lines[0] and lines[0].endswith(" s")
+    assert "train/loss" in lines[0] and "val/mse" in lines[0] and lines[0].endswith(" left")
+    assert lines[-1].endswith(" s")  # the last epoch: nothing left
     assert "run directory: " in out and "latest checkpoint: " in out
     command = next(line for line in out.splitlines() if line.startswith("evaluate it: lipreg test"))
     assert "--config" in command and "--ckpt_path" in command and "latest-" in command

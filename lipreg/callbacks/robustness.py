@@ -323,6 +323,10 @@ class RobustnessEvaluation(L.Callback):
             return
         reason = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"stopped by {type(exception).__name__}"
         (directory / INCOMPLETE_MARKER).write_text(f"lipreg test was {reason} before its results were written\n")
+        try:  # as the user would type it
+            directory = directory.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            pass
         print(f"lipreg test {reason}: {directory} holds no results and is marked {INCOMPLETE_MARKER}", flush=True)
 
     def _publish(self, trainer: L.Trainer, result: dict[str, Any], directory: Path) -> None:

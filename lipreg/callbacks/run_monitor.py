@@ -69,28 +69,71 @@ class EpochTimer(L.Callback):
 
 
 class ProgressLine(L.Callback):
-    """Prints one line per epoch with the run's metrics, e.g.
-    ``epoch 3/50  train/loss 0.3121  train/acc 0.9121  train/lambda 0.15  val/acc 0.9012  val/pgd_acc 0.3412  12.3 s``.
+    """Prints what a run will cost, then one line per epoch with the run's metrics and the time left, e.g.
+    ``epoch 3/50  train/loss 0.3121  train/acc 0.9121  val/acc 0.9012  val/pgd_acc 0.3412  12.3 s, about 9.6 min left``.
 
-    A line is printed for every epoch that ran validation and otherwise at most every
+    Once ``projection_after`` seconds or 50 steps of training have passed (whichever comes first;
+    a step slower than that is measured by itself), it prints the measured seconds per training
+    step and the projected training time of the whole run, e.g. ``measured: 40.1 s a training step;
+    11,250 steps to go: about 5.2 days of training (validation not counted)``, followed by the
+    method's own advice where it has one (:meth:`~lipreg.methods.CLIP.cost_hint`); a run whose rest
+    takes less than ``projection_after`` seconds gets no forecast. The first line of output is then
+    never hours away.
+
+    An epoch line is printed for every epoch that ran validation and otherwise at most every
     ``interval`` seconds (a regression run of 1,500 one-batch epochs prints a few dozen lines),
-    always for the last epoch. ``lipreg fit`` adds it unless ``--quiet true``.
+    always for the last epoch; its time left is the run's mean epoch so far times the epochs to go.
+    ``lipreg fit`` adds it unless ``--quiet true``.
 
     Args:
         interval: seconds between lines for epochs without validation.
+        projection_after: seconds of training after which the cost line is printed.
     """
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, projection_after: float = 10.0) -> None:
         self.interval = interval
-        self._pending: tuple[int, float, dict[str, float]] | None = None
+        self.projection_after = projection_after
+        self._pending: tuple[int, float, float | None] | None = None
         self._validated = False
         self._last_print = 0.0
         self._epoch_start = 0.0
+        self._run_start = 0.0
+        self._first_epoch = 0
+        self._first_step = 0
+        self._projected = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._run_start = time.perf_counter()
+        self._first_epoch, self._first_step, self._projected = trainer.current_epoch, trainer.global_step, False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer, final=False)
         self._epoch_start = time.perf_counter()
         self._validated = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._projected:
+            return
+        elapsed, steps = time.perf_counter() - self._run_start, trainer.global_step - self._first_step
+        if steps >= 1 and (elapsed >= self.projection_after or steps >= 50):
+            self._projected = True
+            self._project(trainer, pl_module, elapsed / steps)
+
+    @rank_zero_only
+    def _project(self, trainer: L.Trainer, pl_module: L.LightningModule, per_step: float) -> None:
+        total = trainer.estimated_stepping_batches
+        hint = getattr(pl_module, "cost_hint", None)
+        advice = hint() if callable(hint) else None
+        line = f"measured: {per_step:.3g} s a training step"
+        if math.isfinite(total):
+            to_go = max(int(total) - trainer.global_step, 0)
+            if per_step * to_go < self.projection_after and not advice:
+                return  # a run that ends in seconds needs no forecast
+            line += f"; {to_go:,} steps to go: about {_duration(per_step * to_go)} of training (validation not counted)"
+        print(line, flush=True)
+        if advice:
+            print(advice, flush=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -98,7 +141,12 @@ class ProgressLine(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the module logs its epoch metrics after this hook: the line is printed when the next epoch starts
-        self._pending = (trainer.current_epoch, time.perf_counter() - self._epoch_start, {})
+        now = time.perf_counter()
+        done = trainer.current_epoch + 1 - self._first_epoch
+        planned = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 0
+        remaining = planned - trainer.current_epoch - 1 if planned else 0
+        left = (now - self._run_start) / done * remaining if remaining > 0 and done > 0 else None
+        self._pending = (trainer.current_epoch, now - self._epoch_start, left)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer, final=True)
@@ -107,7 +155,7 @@ class ProgressLine(L.Callback):
     def _flush(self, trainer: L.Trainer, final: bool) -> None:
         if self._pending is None:
             return
-        epoch, seconds, _ = self._pending
+        epoch, seconds, left = self._pending
         self._pending = None
         now = time.perf_counter()
         if not (final or self._validated or now - self._last_print >= self.interval):
@@ -118,11 +166,19 @@ class ProgressLine(L.Callback):
         ordered = [k for k in LEADING_METRICS if k in metrics] + sorted(k for k in metrics if k not in LEADING_METRICS)
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         cells = "  ".join(f"{k} {_format(metrics[k])}" for k in ordered)
-        print(f"epoch {epoch + 1}{total}  {cells}  {seconds:.1f} s", flush=True)
+        remaining = f", about {_duration(left)} left" if left is not None else ""
+        print(f"epoch {epoch + 1}{total}  {cells}  {seconds:.1f} s{remaining}", flush=True)
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    """``45 s``, ``4.1 min``, ``3.2 h`` or ``5.2 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 class TestProgress(L.Callback):

@@ -232,6 +232,21 @@ class CLIP(LipRegModule):
             self.pair_quotients = moved.quotients.clone()
         return self.reduce(moved)
 
+    def cost_hint(self) -> str | None:
+        """Advice for a run that ascends thousands of pairs every step on a CPU: the active pair set.
+
+        ``ProgressLine`` prints it beside the measured cost of the first steps.
+        """
+        if not self.maximum_penalty or self.pairs is None or self.active_pairs is not None or self.pair_init == "batch":
+            return None
+        total = self.pairs.shape[1] * (self.trainer.world_size if self._trainer is not None else 1)
+        if total < 1000 or self.pairs.device.type != "cpu":
+            return None
+        per_step = 32 + -(-total // 200)
+        return (f"{type(self).__name__} ascends all {total:,} pairs every step; --model.init_args.active_pairs 32 "
+                f"--model.init_args.revisit_every 200 ascends about {per_step} a step (the top 32 and a rotating "
+                "1/200), the cheaper option the README's Performance section measures")
+
     def _with_quotients(self, moved: AscentResult) -> AscentResult:
         """``moved`` with its quotients (one forward without a graph where the ascent did not give them)."""
         if moved.quotients is not None:
