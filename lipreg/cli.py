@@ -259,9 +259,10 @@ def check_checkpoint(path: Path, config_class: str | None, config_data: str | No
         )
     trained_task = hyperparameters.get("task")
     trained_data = (checkpoint.get("lipreg") or {}).get("data_class_path")
-    name = lambda class_path: class_path.rsplit(".", 1)[-1]  # noqa: E731  (lipreg.data.X and lipreg.data.mnist.X)
-    if config_data and trained_data and name(trained_data) != name(config_data):
-        mismatch = f"was trained on {name(trained_data)} but the config's data is {name(config_data)}"
+    # by class name: a config says lipreg.data.MNISTDataModule, a checkpoint lipreg.data.mnist.MNISTDataModule
+    trained_name, config_name = (c.rsplit(".", 1)[-1] if c else None for c in (trained_data, config_data))
+    if trained_name and config_name and trained_name != config_name:
+        mismatch = f"was trained on {trained_name} but the config's data is {config_name}"
     elif config_task and trained_task and trained_task != config_task:
         mismatch = f"is a {trained_task} network but the config is for {config_task}"
     else:
