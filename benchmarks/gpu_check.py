@@ -42,6 +42,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lipreg.cli import run
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("MNIST", "FashionMNIST")
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -98,20 +100,16 @@ def device_args(accelerator: str) -> list[str]:
     return ["--trainer.accelerator", accelerator, "--trainer.devices", "1"]
 
 
-def lipreg_run(args: list[str]) -> Any:
-    """``lipreg`` in this process (one CUDA initialisation for all checks); raises on failure."""
-    from lipreg.cli import run
-
-    cli = run(args)
-    return cli
+def lipreg_run(args: list[str]) -> None:
+    """``lipreg`` in this process (one CUDA initialisation for all checks); raises (``SystemExit``) on failure."""
+    run(args)
 
 
-def lipreg_subprocess(args: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
+def lipreg_subprocess(args: list[str], timeout: float, env: dict[str, str] | None = None) -> None:
     completed = subprocess.run([sys.executable, "-m", "lipreg", *args], cwd=REPO, capture_output=True, text=True,
                                timeout=timeout, env={**os.environ, **(env or {})})
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed")
-    return completed.stdout
 
 
 def config_args(config: Path, data_dir: Path, root: Path) -> list[str]:
@@ -234,7 +232,7 @@ def main() -> None:
     # 1. every config fits on one device
     for config in configs:
         checks.run(f"fit {config.stem}", lambda c=config: lipreg_run(
-            ["fit", *config_args(c, data_dir, root), *device, *short_fit(options.batches)]) and None)
+            ["fit", *config_args(c, data_dir, root), *device, *short_fit(options.batches)]))
 
     # 2. test, predict, resume on the CLIP runs
     quick_test = ["--data.init_args.eval_batch_size", str(options.test_images), "--trainer.limit_test_batches", "1",
@@ -247,21 +245,21 @@ def main() -> None:
 
         def tested(args: list[str] = args, name: str = name) -> dict[str, float]:
             checkpoint = latest_checkpoint(root / name)
-            cli = lipreg_run(["test", *args, *device, *quick_test, "--ckpt_path", str(checkpoint)])
+            cli = run(["test", *args, *device, *quick_test, "--ckpt_path", str(checkpoint)])
             metrics = cli.trainer.callback_metrics
             return {k: round(float(v), 4) for k, v in metrics.items() if k in ("test/acc", "test/lip_lower")}
 
         checks.run(f"test {name} ({options.test_images} images)", tested)
         checks.run(f"predict {name}", lambda args=args, name=name: lipreg_run(
-            ["predict", *args, *device, "--ckpt_path", str(latest_checkpoint(root / name))]) and None)
+            ["predict", *args, *device, "--ckpt_path", str(latest_checkpoint(root / name))]))
         checks.run(f"resume {name}", lambda args=args, name=name: lipreg_run(
             ["fit", *args, *device, *short_fit(options.batches), "--trainer.max_epochs", "2",
-             "--ckpt_path", str(latest_checkpoint(root / name))]) and None)
+             "--ckpt_path", str(latest_checkpoint(root / name))]))
         # 3. mixed precision
         for precision in ("bf16-mixed", "16-mixed"):
             checks.run(f"fit {name} {precision}", lambda p=precision, config=config: lipreg_run(
                 ["fit", *config_args(config, data_dir, root / p), *device, *short_fit(options.batches),
-                 "--trainer.precision", p]) and None)
+                 "--trainer.precision", p]))
 
     # 4. several processes
     ddp_config = REPO / "configs" / "mnist_clip.yaml"
@@ -288,13 +286,13 @@ def main() -> None:
         if gpus >= 2:
             checks.run("DDP: NCCL on two GPUs", lambda: lipreg_subprocess(
                 ["fit", *config_args(ddp_config, data_dir, root / "nccl"), *ddp, "--trainer.accelerator", "gpu",
-                 "--trainer.devices", "2", "--trainer.strategy", "ddp"], timeout=300) and None)
+                 "--trainer.devices", "2", "--trainer.strategy", "ddp"], timeout=300))
         else:
             checks.results.append({"check": "DDP: NCCL on two GPUs", "passed": None, "skipped": "one GPU"})
     else:
         checks.run("DDP: two processes on the CPU (gloo)", lambda: lipreg_subprocess(
             ["fit", *config_args(ddp_config, data_dir, root / "two_cpu"), *ddp, "--trainer.accelerator", "cpu",
-             "--trainer.devices", "2", "--trainer.strategy", "ddp"], timeout=600) and None)
+             "--trainer.devices", "2", "--trainer.strategy", "ddp"], timeout=600))
 
     # 5. step time of the design card's command, device against CPU
     timed = REPO / "configs" / f"{options.timing_config}.yaml"

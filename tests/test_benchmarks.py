@@ -78,3 +78,10 @@ def test_gpu_check_runs_every_kind_of_check_on_the_cpu(data_dir: Path, tmp_path:
                      "host syncs per training step: CLIP"):
         assert expected in names, out
     assert result["failed"] == [] and result["passed"] == len(names), out
+
+
+def test_mixed_precision_benchmark_shows_bf16_errors_and_exact_lipreg_quotients(data_dir: Path):
+    out = run_benchmark("mixed_precision.py", "--data-dir", str(data_dir), "--pairs", "200", "--train-steps", "5")
+    rows = {line[:22].strip(): [float(v) for v in line[22:].split()] for line in out.splitlines()[1:]}
+    initial = rows["at initialisation"]
+    assert initial[0] > 1 and initial[2] == 0.0, out  # bf16 logits: large error; lipreg's quotients: exact

@@ -29,12 +29,8 @@ def discrepancy_step(
     >>> discrepancy_step(0.10000000149011612, accuracy=0.80, target=0.9, step=0.1)
     0.0
     """
-    if accuracy > target:
-        updated = coefficient + step
-    else:
-        updated = coefficient - step
-        updated = minimum if updated - minimum <= 1e-6 * step else updated
-    return updated if maximum is None else min(updated, maximum)
+    exact = [torch.tensor(value, dtype=torch.float64) for value in (coefficient, accuracy)]  # Python floats' precision
+    return float(discrepancy_step_tensor(*exact, target, step, minimum, maximum))
 
 
 def discrepancy_step_tensor(
@@ -45,7 +41,8 @@ def discrepancy_step_tensor(
     minimum: float = 0.0,
     maximum: float | None = None,
 ) -> Tensor:
-    """:func:`discrepancy_step` on 0-d tensors, computed where they are (no value is read back to the host).
+    """The discrepancy step on 0-d tensors, computed where they are (no value is read back to the host);
+    :func:`discrepancy_step` is this rule on Python floats.
 
     A step-wise rule (the pTV algorithm updates λ after every minibatch) would otherwise make the
     host wait for the GPU every step.

@@ -127,9 +127,14 @@ class LipRegModule(L.LightningModule):
         return output, self.loss(output, y)
 
     @property
+    def world_size(self) -> int:
+        """The number of processes this module trains in (1 without a trainer)."""
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    @property
     def distributed(self) -> bool:
         """Whether this module trains in several processes (DDP)."""
-        return self._trainer is not None and self.trainer.world_size > 1
+        return self.world_size > 1
 
     @property
     def is_regularised(self) -> bool:
@@ -148,8 +153,9 @@ class LipRegModule(L.LightningModule):
 
     def step_generator(self, device: torch.device) -> torch.Generator:
         """A random generator seeded by ``(seed, global step, rank)``: a resumed run draws the same noise."""
-        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
-        return torch.Generator(device=device).manual_seed(self.seed + 1_000_003 * (self.global_step * world + rank))
+        rank = self.global_rank if self._trainer is not None else 0
+        return torch.Generator(device=device).manual_seed(
+            self.seed + 1_000_003 * (self.global_step * self.world_size + rank))
 
     def _update_score(self, stage: str, output: Tensor, target: Tensor) -> None:
         if self.task == "classification":

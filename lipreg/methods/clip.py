@@ -14,6 +14,18 @@ from lipreg.methods.base import LipRegModule, Penalty
 PairInit = Literal["heldout", "batch", "box"]
 
 
+def equal_share(items: Tensor, rank: int, world: int) -> Tensor:
+    """Process ``rank``'s share of ``items``: every ``world``-th from ``rank`` on, all shares equally long.
+
+    Checkpoints all-gather the shares, which needs equal lengths, so the last ``len(items) mod world``
+    items are left out.
+    """
+    per_process = len(items) // world
+    if per_process == 0:
+        raise LipregError(f"a pair set of {len(items)} pairs cannot be shared among {world} processes")
+    return items[rank : per_process * world : world]
+
+
 class CLIP(LipRegModule):
     """``min_θ mean loss(f_θ(x), y) + λ · max_{(x,x') ∈ X_Lip} ‖f_θ(x) − f_θ(x')‖ / ‖x − x'‖`` (eqs. (2), (5)).
 
@@ -157,7 +169,7 @@ class CLIP(LipRegModule):
         if self.pair_init == "batch":
             centres = x[: self.num_pairs] if self.num_pairs else x
             return noisy_pairs(centres, self.noise_scale, self.noise, self.input_box, generator)
-        world = self.trainer.world_size if self._trainer is not None else 1
+        world = self.world_size
         if self.pair_init == "box":
             if self.input_box is None:
                 raise LipregError("pair_init 'box' needs a data module with an input_box")
@@ -173,8 +185,7 @@ class CLIP(LipRegModule):
                 "(the paper uses 6000), or use pair_init 'batch' or 'box'"
             )
         held_out = held_out[: self.num_pairs] if self.num_pairs else held_out
-        per_process = len(held_out) // world  # equal shares (DDP gathers them for checkpoints)
-        share = held_out[self.global_rank : per_process * world : world]
+        share = equal_share(held_out, self.global_rank, world)
         return noisy_pairs(share.to(x.device), self.noise_scale, self.noise, self.input_box, generator)
 
     def _pairs_for_step(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
@@ -239,7 +250,7 @@ class CLIP(LipRegModule):
         """
         if not self.maximum_penalty or self.pairs is None or self.active_pairs is not None or self.pair_init == "batch":
             return None
-        total = self.pairs.shape[1] * (self.trainer.world_size if self._trainer is not None else 1)
+        total = self.pairs.shape[1] * self.world_size
         if total < 1000 or self.pairs.device.type != "cpu":
             return None
         per_step = 32 + -(-total // 200)
@@ -273,19 +284,13 @@ class CLIP(LipRegModule):
         saved = checkpoint.get("lipreg", {}).get("pair_set")
         if saved is None:
             return
-        world = self.trainer.world_size if self._trainer is not None else 1
+        world = self.world_size
         rank = self.global_rank if self._trainer is not None else 0
 
         def own_share(stacked: Tensor) -> Tensor:
             if stacked.shape[0] == world:  # same number of processes: each takes its own share back
                 return stacked[rank]
-            # otherwise the whole set, re-dealt in equal shares (checkpoints all-gather them); as in
-            # ``initial_pairs``, the last ``P mod world`` pairs are left out
-            whole = stacked.flatten(0, 1)
-            per_process = len(whole) // world
-            if per_process == 0:
-                raise LipregError(f"the checkpoint's pair set has {len(whole)} pairs, fewer than the {world} processes")
-            return whole[rank : per_process * world : world]
+            return equal_share(stacked.flatten(0, 1), rank, world)  # otherwise the whole set, re-dealt
 
         u, v, self.pair_step = (own_share(saved[k]) for k in ("u", "v", "step"))
         self.pairs = torch.stack([u, v])
