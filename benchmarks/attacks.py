@@ -17,10 +17,22 @@ ensemble built from torchattacks, and the time of a full ``lipreg test`` on MNIS
    accuracies.
 3. The wall time of ``lipreg test`` with the default evaluation suite on a checkpoint of
    ``configs/mnist_standard.yaml`` trained for one epoch (trained first, not timed).
+4. With ``--old-tree DIR`` (a git worktree of an earlier lipreg, e.g. ``git worktree add /tmp/old
+   9b23389``) and ``--checkpoints CONFIG=CKPT …``: ``lipreg test`` with the defaults of each tree on
+   each checkpoint, new and old in turn (one process each, the same threads), with the wall time,
+   its ratio and each tree's robust accuracy per ε, the images attacked and certified accuracy::
+
+       python benchmarks/attacks.py --skip-pgd --skip-test-run --old-tree /tmp/old \\
+           --checkpoints configs/mnist_standard.yaml=CKPT [--test-args --evaluation.sample_size 1000]
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,7 +112,17 @@ def main() -> None:
     parser.add_argument("--ensemble-checkpoint", default=None, help="a 784-64-64-10 MNIST checkpoint to attack")
     parser.add_argument("--ensemble-repeats", type=int, default=1, help="rounds in which both ensembles run once")
     parser.add_argument("--epsilon", type=float, default=2.0, help="L2 radius of the ensembles")
+    parser.add_argument("--old-tree", type=Path, default=None, help="a worktree of an earlier lipreg to time against")
+    parser.add_argument("--checkpoints", nargs="*", default=[], metavar="CONFIG=CKPT",
+                        help="config and checkpoint pairs for the old-against-new lipreg test")
+    parser.add_argument("--test-args", nargs=argparse.REMAINDER, default=[],
+                        help="options for both trees' lipreg test (the rest of the command line)")
     args = parser.parse_args()
+    if args.old_tree is not None:
+        for pair in args.checkpoints:
+            config, checkpoint = pair.split("=", 1)
+            compare_test_runs(args, Path(config).resolve(), Path(checkpoint).resolve())
+        return
 
     data = MNISTDataModule(data_dir=args.data_dir)
     data.setup()
@@ -153,6 +175,40 @@ def time_test_run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     run(["test", *common, "--ckpt_path", checkpoint])
     print(f"\nfull `lipreg test` (default evaluation suite, 10,000 test images): {time.perf_counter() - start:.1f} s")
+
+
+def timed_test(tree: Path, config: Path, checkpoint: Path, args: argparse.Namespace) -> tuple[float, dict]:
+    """``python -m lipreg test`` of ``tree`` (its working directory first on the path): seconds and result."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "lipreg", "test", "--config", str(config), "--ckpt_path", str(checkpoint),
+                   "--data.init_args.data_dir", str(Path(args.data_dir).resolve()), "--trainer.logger", "false",
+                   "--evaluation.output_dir", out, *args.test_args]
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=os.environ)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"lipreg test in {tree} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return seconds, json.loads((Path(out) / "robustness.json").read_text())
+
+
+def compare_test_runs(args: argparse.Namespace, config: Path, checkpoint: Path) -> None:
+    """The default ``lipreg test`` of this tree against ``args.old_tree`` on one checkpoint."""
+    new_time, new = timed_test(REPO, config, checkpoint, args)
+    old_time, old = timed_test(args.old_tree.resolve(), config, checkpoint, args)
+    print(f"\nlipreg test, defaults{' + ' + ' '.join(args.test_args) if args.test_args else ''}: {checkpoint}")
+    print(f"  {os.environ.get('OMP_NUM_THREADS', 'all')} threads; attacked images new {new['attack_samples']}, "
+          f"old {old['attack_samples']} (of {new['samples']})")
+    print(f"  new {new_time:8.1f} s   old {old_time:8.1f} s   ratio {new_time / old_time:.2f}")
+    old_robust = dict(old["curves"].get("robust", []))
+    for epsilon, value in new["curves"].get("robust", []):
+        before = 100 * old_robust.get(epsilon, float("nan"))
+        print(f"  robust ε={epsilon:g}: new {100 * value:.2f} %  old {before:.2f} %")
+    for radius, value in new.get("certified", []):
+        old_value = dict(old.get("certified", [])).get(radius)
+        print(f"  certified ε={radius:g}: new {100 * value:.2f} %" + (
+            "" if old_value is None else f"  old {100 * old_value:.2f} %"))
+    if new.get("mean_certified_radius") is not None:
+        print(f"  mean certified radius (new): {new['mean_certified_radius']:.4g}")
 
 
 if __name__ == "__main__":

@@ -66,3 +66,9 @@ def divergences(results: dict[str, dict]) -> str:
     """A line per row whose training diverged (after the table), naming where; empty when none did."""
     return "".join(f"\n{name}: {row['diverged']} (tested: its best checkpoint before that)\n"
                    for name, row in results.items() if row.get("diverged"))
+
+
+def publish(path: Path, text: str) -> None:
+    """Write an experiment's markdown table to ``path`` and print it."""
+    path.write_text(text)
+    print(text)

@@ -26,6 +26,7 @@ EVALUATION = [
     "--evaluation.noise_sigmas", "[0.1, 0.2, 0.3, 0.5]", "--evaluation.fgsm_epsilons", "[0.05, 0.1, 0.15, 0.2]",
     "--evaluation.pgd_epsilons", "[0.5, 1.0, 1.5, 2.0]", "--evaluation.pgd_steps", "40",
     "--evaluation.pgd_step_size", "0.1", "--evaluation.sign_pgd", "false", "--evaluation.certified_radii", "[]",
+    "--evaluation.time_budget", "null",  # every row attacks the same images, however long it takes
 ]
 
 

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.common import configured_run, divergences, evaluation_of, fit, row_label, set_target
+from experiments.common import configured_run, divergences, evaluation_of, fit, publish, row_label, set_target
 from lipreg.callbacks import EpochTimer
 
 #: Row name → (config, target accuracy of the discrepancy rule or None).
@@ -43,6 +43,7 @@ EVALUATION = [
     "--evaluation.noise_sigmas", "[]", "--evaluation.fgsm_epsilons", "[]",
     "--evaluation.pgd_epsilons", json.dumps(RADII), "--evaluation.certified_radii", json.dumps(RADII),
     "--evaluation.sign_pgd", "false",
+    "--evaluation.time_budget", "null",  # every row attacks the same images, however long it takes
 ]
 
 
@@ -125,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             continue
         results[label] = run_row(name, args, args.out / run_directory_name(label))
         saved.write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    (args.out / "comparison.md").write_text(text)
-    print(text)
+    publish(args.out / "comparison.md", markdown(results))
     return results
 
 

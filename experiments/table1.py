@@ -56,6 +56,7 @@ EVALUATION = [
     "--evaluation.noise_sigmas", "[1.0]", "--evaluation.fgsm_epsilons", "[]", "--evaluation.pgd_epsilons", "[2.0]",
     "--evaluation.pgd_steps", "100", "--evaluation.pgd_step_size", "0.25", "--evaluation.sign_pgd", "true",
     "--evaluation.certified_radii", "[]",
+    "--evaluation.time_budget", "null",  # every row attacks the same images, however long it takes
 ]
 
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ModelCheckpoint
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import lipreg.callbacks  # noqa: F401  (registers callback classes for short names in YAML)
 import lipreg.data  # noqa: F401  (registers data modules for --data NAME)
@@ -48,6 +48,16 @@ DESCRIPTION = (
 SPECIAL_CHECKPOINTS = ("best", "last", "hpc", "registry")
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """Lightning's ``config.yaml`` of a run, written into the run's log directory; a run without a
+    logger (``--trainer.logger false``) has none and writes nothing (not a ``config.yaml`` in the
+    working directory)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.loggers:
+            super().setup(trainer, pl_module, stage)
+
+
 class LipRegCLI(LightningCLI):
     """LightningCLI with lipreg's defaults and guarantees.
 
@@ -71,6 +81,7 @@ class LipRegCLI(LightningCLI):
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "lipreg", "description": DESCRIPTION},
             parser_class=LipRegArgumentParser,

@@ -31,10 +31,38 @@ CURVE_LABELS = {
 }
 
 
-def _percent(value: float | None, metric: str) -> str:
+#: The normal quantile of a two-sided 95 % interval.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(share: float, count: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) of a proportion ``share`` observed on ``count`` samples.
+
+    .. math:: \\frac{p + z^2/2n ± z\\sqrt{p(1-p)/n + z^2/4n^2}}{1 + z^2/n}
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0 % and 100 %.
+    ``(0, 1)`` for no samples.
+
+    Example:
+        >>> [round(v, 4) for v in wilson_interval(0.5, 10_000)]
+        [0.4902, 0.5098]
+    """
+    if count <= 0:
+        return 0.0, 1.0
+    z2n = z * z / count
+    centre = (share + z2n / 2) / (1 + z2n)
+    half = z * ((share * (1 - share) / count + z2n / (4 * count)) ** 0.5) / (1 + z2n)
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def _percent(value: float | None, metric: str, interval: Sequence[float] | None = None) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.1f}" if metric == "accuracy" else f"{value:.4g}"
+    if metric != "accuracy":
+        return f"{value:.4g}"
+    if interval is None:
+        return f"{100 * value:.1f}"
+    return f"{100 * value:.1f} ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
 
 
 def _norm_label(norm: str | None) -> str:
@@ -67,23 +95,34 @@ def ensemble_summary(result: dict[str, Any]) -> str:
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(quantity, value)`` rows of one result, accuracies in percent (MSE as is)."""
+    """``(quantity, value)`` rows of one result, accuracies in percent (MSE as is), each accuracy from
+    a sample with its 95 % Wilson interval in brackets where the result has them."""
     metric = result["metric"]
-    rows = [(f"clean {metric} (test, {result['samples']} samples)", _percent(result["clean"], metric))]
+    intervals = result.get("intervals") or {}
+    curve_intervals = {(curve, point[0]): point[1:] for curve, points in intervals.get("curves", {}).items()
+                       for point in points}
+    certified_intervals = {point[0]: point[1:] for point in intervals.get("certified", [])}
+    rows = [(f"clean {metric} (test, {result['samples']} samples)",
+             _percent(result["clean"], metric, intervals.get("clean")))]
     if result.get("train") is not None:
         rows.append((f"train {metric}", _percent(result["train"], metric)))
     if result["attack_samples"] != result["samples"]:
-        rows.append((f"clean {metric} (attacked subset, {result['attack_samples']})",
-                     _percent(result["clean_subset"], metric)))
+        budget = f", {result['time_budget_minutes']:g}-min budget" if result.get("time_budget_minutes") else ""
+        rows.append((f"clean {metric} (attacked: the first {result['attack_samples']} test samples{budget})",
+                     _percent(result["clean_subset"], metric, intervals.get("clean_subset"))))
     for curve, points in result["curves"].items():
         for parameter, value in points:
-            rows.append((f"{_curve_label(curve, result)}={parameter:g}", _percent(value, metric)))
+            rows.append((f"{_curve_label(curve, result)}={parameter:g}",
+                         _percent(value, metric, curve_intervals.get((curve, parameter)))))
     lipschitz = result["lipschitz"]
-    rows.append(("Lipschitz lower bound (pair ascent)", f"{lipschitz['lower']:.4g}"))
+    lower = lipschitz["lower"]
+    rows.append(("Lipschitz lower bound (pair ascent)", "-" if lower is None else f"{lower:.4g}"))
     upper = lipschitz["upper"]
     rows.append(("Lipschitz upper bound (layer product)", "-" if upper is None else f"{upper:.4g}"))
     for radius, value in result.get("certified", []):
-        rows.append((f"certified accuracy ε={radius:g}", _percent(value, "accuracy")))
+        rows.append((f"certified accuracy ε={radius:g}", _percent(value, "accuracy", certified_intervals.get(radius))))
+    if result.get("mean_certified_radius") is not None:
+        rows.append(("mean certified radius (L2)", f"{result['mean_certified_radius']:.4g}"))
     return rows
 
 
@@ -117,6 +156,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         cells = "".join(f"  {values.get((quantity, i), '-'):>{w}}" for i, w in enumerate(columns))
         lines.append(f"{quantity:<{width}}{cells}")
     unit = "accuracies in %" if all(r["metric"] == "accuracy" for r in results) else "accuracy in %, MSE as is"
+    if any(r.get("intervals") for r in results):
+        unit += "; in brackets: 95 % Wilson intervals"
     return "\n".join(lines) + f"\n({unit})"
 
 
@@ -243,19 +284,26 @@ def write_results(result: dict[str, Any], directory: Path) -> list[Path]:
     json_path = directory / RESULT_FILE
     json_path.write_text(json.dumps(result, indent=2))
     csv_path = directory / "robustness.csv"
+    intervals = result.get("intervals") or {}
+    curve_intervals = {(curve, point[0]): point[1:] for curve, points in intervals.get("curves", {}).items()
+                       for point in points}
+    certified_intervals = {point[0]: point[1:] for point in intervals.get("certified", [])}
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["quantity", "parameter", "value"])
-        writer.writerow([f"clean_{result['metric']}", "", result["clean"]])
+        writer.writerow(["quantity", "parameter", "value", "ci95_low", "ci95_high"])
+        writer.writerow([f"clean_{result['metric']}", "", result["clean"], *intervals.get("clean", ["", ""])])
         if result.get("train") is not None:
-            writer.writerow([f"train_{result['metric']}", "", result["train"]])
+            writer.writerow([f"train_{result['metric']}", "", result["train"], "", ""])
         for curve, points in result["curves"].items():
             for parameter, value in points:
-                writer.writerow([f"{curve}_{result['metric']}", parameter, value])
-        writer.writerow(["lipschitz_lower", "", result["lipschitz"]["lower"]])
-        writer.writerow(["lipschitz_upper", "", result["lipschitz"]["upper"]])
+                writer.writerow([f"{curve}_{result['metric']}", parameter, value,
+                                 *curve_intervals.get((curve, parameter), ["", ""])])
+        writer.writerow(["lipschitz_lower", "", result["lipschitz"]["lower"], "", ""])
+        writer.writerow(["lipschitz_upper", "", result["lipschitz"]["upper"], "", ""])
         for radius, value in result.get("certified", []):
-            writer.writerow(["certified_accuracy", radius, value])
+            writer.writerow(["certified_accuracy", radius, value, *certified_intervals.get(radius, ["", ""])])
+        if result.get("mean_certified_radius") is not None:
+            writer.writerow(["mean_certified_radius", "", result["mean_certified_radius"], "", ""])
     png_path = directory / "robustness.png"
     figure = robustness_figure([result])
     figure.savefig(png_path, dpi=120)

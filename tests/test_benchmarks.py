@@ -75,7 +75,8 @@ def test_gpu_check_runs_every_kind_of_check_on_the_cpu(data_dir: Path, tmp_path:
     for expected in ("fit mnist_clip", "fit regression_clip", "test mnist_clip (20 images)", "predict mnist_clip",
                      "resume mnist_clip", "fit mnist_clip bf16-mixed", "fit mnist_clip 16-mixed",
                      "DDP: two processes on the CPU (gloo)", "mnist_clip s/step on cpu",
-                     "host syncs per training step: CLIP"):
+                     "host syncs per training step: CLIP, every pair",
+                     "host syncs per training step: CLIP, active pairs 32 + 1/200 (the config's)"):
         assert expected in names, out
     assert result["failed"] == [] and result["passed"] == len(names), out
 

@@ -7,7 +7,15 @@ import lightning as L
 import pytest
 import torch
 
-from experiments import attack_ensemble, checkpoint_choice, flip_comparison, regression_figure2, table1
+from experiments import (
+    active_pairs,
+    attack_ensemble,
+    certificates,
+    checkpoint_choice,
+    flip_comparison,
+    regression_figure2,
+    table1,
+)
 
 
 def test_regression_figure2_writes_its_figure_and_table(tmp_path: Path):
@@ -113,3 +121,26 @@ def test_an_experiment_row_that_diverges_stops_and_tests_its_last_good_checkpoin
     saved = torch.load(best, weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
     assert "row: training diverged at epoch 1" in divergences({"row": {"diverged": message}, "other": {}})
+
+
+def test_the_active_pair_study_summarises_arms_over_seeds_and_certificates_read_its_checkpoints(
+        tmp_path: Path, data_dir: Path):
+    args = ["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1", "--limit-batches", "3",
+            "--lipschitz-size", "200", "--sample-size", "20", "--refine-steps", "2", "--seeds", "0", "1",
+            "--arms", "full", "active 32/200"]
+    table = active_pairs.main(args)
+    assert list(table) == ["full", "active 32/200"]
+    assert table["full"]["pairs_per_step"]["mean"] == 200 and table["active 32/200"]["pairs_per_step"]["mean"] == 33
+    for arm in table.values():
+        assert arm["test"]["seeds"] == 2 and arm["test"]["min"] <= arm["test"]["mean"] <= arm["test"]["max"]
+        assert arm["pair_set_max_refined"]["mean"] >= arm["pair_set_max"]["mean"] - 1e-6  # ascent only climbs
+        assert arm["logged_lip_best"]["mean"] > 0
+    first = json.loads((tmp_path / "full" / "seed0" / "run.json").read_text())
+    assert active_pairs.main(args) == table  # finished runs are kept, not run again
+    assert json.loads((tmp_path / "full" / "seed0" / "run.json").read_text()) == first
+    assert "| active 32/200 | 2 |" in (tmp_path / "summary.md").read_text()
+    rows = certificates.main(["--data-dir", str(data_dir), first["checkpoint"], "--out", str(tmp_path / "cert.json")])
+    (row,) = rows
+    for radius in certificates.RADII:  # the class-pair certificate is never below the global one
+        assert row["class_pair"][f"{radius:g}"] >= row["global"][f"{radius:g}"]
+    assert row["mean_radius_class_pair"] >= row["mean_radius_global"]

@@ -72,8 +72,10 @@ class ProgressLine(L.Callback):
     """Prints what a run will cost, then one line per epoch with the run's metrics and the time left, e.g.
     ``epoch 3/50  train/loss 0.3121  train/acc 0.9121  val/acc 0.9012  val/pgd_acc 0.3412  12.3 s, about 9.6 min left``.
 
-    Once ``projection_after`` seconds or 50 steps of training have passed (whichever comes first;
-    a step slower than that is measured by itself), it prints the measured seconds per training
+    Once ``projection_after`` seconds or 50 steps of training have passed after the first step
+    (whichever comes first; the first step is left out because it can do one-off work, such as
+    CLIP's first ascent of every pair; a step slower than that is measured by itself), it prints
+    the measured seconds per training
     step and the projected training time of the whole run, e.g. ``measured: 40.1 s a training step;
     11,250 steps to go: about 5.2 days of training (validation not counted)``, followed by the
     method's own advice where it has one (:meth:`~lipreg.methods.CLIP.cost_hint`); a run whose rest
@@ -99,12 +101,13 @@ class ProgressLine(L.Callback):
         self._epoch_start = 0.0
         self._run_start = 0.0
         self._first_epoch = 0
-        self._first_step = 0
         self._projected = False
+        self._measured_from: tuple[float, int] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._run_start = time.perf_counter()
-        self._first_epoch, self._first_step, self._projected = trainer.current_epoch, trainer.global_step, False
+        self._first_epoch, self._projected = trainer.current_epoch, False
+        self._measured_from = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer, final=False)
@@ -115,7 +118,11 @@ class ProgressLine(L.Callback):
                            batch_idx: int) -> None:
         if self._projected:
             return
-        elapsed, steps = time.perf_counter() - self._run_start, trainer.global_step - self._first_step
+        if self._measured_from is None:  # the first step does one-off work (CLIP ascends every pair): not counted
+            self._measured_from = (time.perf_counter(), trainer.global_step)
+            return
+        started, first = self._measured_from
+        elapsed, steps = time.perf_counter() - started, trainer.global_step - first
         if steps >= 1 and (elapsed >= self.projection_after or steps >= 50):
             self._projected = True
             self._project(trainer, pl_module, elapsed / steps)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lipreg.functional.attacks import (
+    AdversarialFn,
     Norm,
     check_attack,
     clamp_to_box,
@@ -23,14 +24,13 @@ from lipreg.functional.attacks import (
 )
 from lipreg.functional.losses import LossFn, misclassified, per_sample_cross_entropy, targeted_dlr_loss
 from lipreg.functional.pairs import Box, project_onto_ball
+from lipreg.functional.progress import report_step
 from lipreg.functional.quotients import sample_norm
 
 #: APGD's momentum weight α (the step is α·(z − x) + (1 − α)·(x − x_prev); Croce & Hein use 0.75).
 MOMENTUM_WEIGHT = 0.75
 #: Compact the batch once this share of it is finished (besides every checkpoint).
 COMPACT_SHARE = 0.125
-
-AdversarialFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -160,6 +160,7 @@ def apgd(
         last_loss = s.loss
         s.loss, s.grad, logits = loss_and_gradient(s.current, s.y, s.rival)
         record_adversarial(logits)
+        report_step()
         s.increases = s.increases + (s.loss > last_loss)
         improved = s.loss > s.best_loss
         s.best = torch.where(per_sample_view(improved, s.current), s.current, s.best)

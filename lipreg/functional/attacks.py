@@ -14,9 +14,12 @@ from torch import Tensor
 
 from lipreg.functional.losses import LossFn, per_sample_cross_entropy
 from lipreg.functional.pairs import Box, project_onto_ball
+from lipreg.functional.progress import report_step
 from lipreg.functional.quotients import MIN_DISTANCE, differentiable_copy, sample_norm
 
 Norm = Literal["l2", "linf"]
+#: ``(outputs, y) -> [B] bool``: whether each output is a successful attack (e.g. ``misclassified``).
+AdversarialFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def check_attack(epsilon: float, norm: str) -> None:
@@ -141,6 +144,7 @@ def pgd(
     random_start: bool = False,
     restarts: int = 1,
     generator: torch.Generator | None = None,
+    is_adversarial: AdversarialFn | None = None,
 ) -> Tensor:
     """Projected gradient ascent on the loss (Madry et al., 2018), batched.
 
@@ -151,11 +155,20 @@ def pgd(
     (sign steps, projection onto the L2 ball; ε = 2, α = 0.25, 100 iterations in Table 1).
     The projection is per sample. With several ``restarts`` (random starts after the first,
     which starts at ``x`` unless ``random_start``) each sample keeps its highest-loss result.
+
+    With ``is_adversarial`` (``(outputs, y) -> [B] bool``, e.g. ``misclassified``) a sample is
+    finished at the first iterate where it holds (checked on the outputs each step computes anyway,
+    and on the last iterate), that iterate is returned for it, and it leaves the batch: the attack
+    then costs only what the unbroken samples need, and an image counts as broken if any iterate
+    broke it (AutoAttack's rule). Samples never adversarial get the result they would get without it.
     """
     check_attack(epsilon, norm)
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     x = x.detach()
+    if is_adversarial is not None:
+        return _pgd_until_adversarial(model, x, y, epsilon, step_size, steps, norm, step_kind, loss_fn, box,
+                                      random_start, restarts, generator, is_adversarial)
     best, best_loss = x, None
     for restart in range(restarts):
         start_random = random_start or restart > 0
@@ -163,6 +176,7 @@ def pgd(
         for _ in range(steps):
             _, grad, _ = loss_gradient(model, adversarial, y, loss_fn)
             adversarial = _pgd_step_(adversarial, grad, x, epsilon, step_size, norm, step_kind, box)
+            report_step()
         if restarts == 1:
             return adversarial.detach()
         with torch.no_grad():
@@ -174,3 +188,45 @@ def pgd(
             best = torch.where(per_sample_view(better, x), adversarial, best)
             best_loss = torch.where(better, losses, best_loss)
     return best.detach()
+
+
+def _pgd_until_adversarial(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, epsilon: float, step_size: float, steps: int, norm: Norm,
+    step_kind: str, loss_fn: LossFn, box: Box | None, random_start: bool, restarts: int,
+    generator: torch.Generator | None, is_adversarial: AdversarialFn,
+) -> Tensor:
+    """``pgd`` that finishes each sample at its first adversarial iterate (one host read a step)."""
+    result = x.clone()
+    best_loss = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
+    pending = torch.arange(len(x), device=x.device)  # the samples without an adversarial yet
+    for restart in range(restarts):
+        centre, labels, index = x[pending], y[pending], pending
+        start_random = random_start or restart > 0
+        current = clamp_to_box(_random_start(centre, epsilon, norm, generator), box) if start_random else centre.clone()
+        for step in range(steps + 1):
+            if step < steps:
+                losses, grad, outputs = loss_gradient(model, current, labels, loss_fn)
+            else:
+                with torch.no_grad():
+                    outputs = model(current)
+                    losses = loss_fn(outputs, labels)
+            found = is_adversarial(outputs, labels)
+            if found.any():  # the step's one host read; a compaction adds one index
+                result[index[found]] = current[found]
+                kept = (~found).nonzero().squeeze(1)
+                centre, labels, index, current, losses = (t.index_select(0, kept)
+                                                          for t in (centre, labels, index, current, losses))
+                if step < steps:
+                    grad = grad.index_select(0, kept)
+                if len(index) == 0:
+                    break
+            if step < steps:
+                current = _pgd_step_(current, grad, centre, epsilon, step_size, norm, step_kind, box)
+                report_step()
+        if len(index) == 0:
+            return result
+        better = losses > best_loss[index]  # restarts: the unbroken keep their highest-loss result
+        result[index[better]] = current[better]
+        best_loss[index[better]] = losses[better]
+        pending = index
+    return result

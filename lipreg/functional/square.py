@@ -17,6 +17,7 @@ from torch import Tensor
 from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view
 from lipreg.functional.losses import logit_margin
 from lipreg.functional.pairs import Box
+from lipreg.functional.progress import report_step
 from lipreg.functional.quotients import sample_norm
 
 #: The iterations (out of 10,000, rescaled to the query budget) after which the window share p halves.
@@ -194,5 +195,6 @@ def square(
             better = new_margin < margin
             best = torch.where(per_sample_view(better, best), proposal, best)
             margin = torch.where(better, new_margin, margin)
+            report_step()
         result[index] = best
     return result

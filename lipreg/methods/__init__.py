@@ -4,6 +4,7 @@ from lipreg.methods.adversarial import AdversarialTraining, FGSMTraining
 from lipreg.methods.base import LipRegModule, Penalty
 from lipreg.methods.clip import CLIP
 from lipreg.methods.gradient_penalty import GradientPenalty
+from lipreg.methods.margin import LipschitzMargin
 from lipreg.methods.ptv import PTV
 from lipreg.methods.standard import Standard
 from lipreg.methods.sumflip import SumFLIP
@@ -17,6 +18,7 @@ __all__ = [
     "AdversarialTraining",
     "FGSMTraining",
     "GradientPenalty",
+    "LipschitzMargin",
     "LipRegModule",
     "Penalty",
     "Standard",

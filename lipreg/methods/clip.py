@@ -52,12 +52,13 @@ class CLIP(LipRegModule):
     epoch). ``squared=True`` penalises ``max L²``, the CLIP reference code's variant.
     ``p`` is the norm on inputs and outputs (the paper uses Euclidean norms).
 
-    **Active pair set** (``active_pairs: k``, opt-in): only pairs that can be the maximum need to
+    **Active pair set** (``active_pairs: k``; the shipped CLIP configs use 32 and ``revisit_every``
+    200, the class default is every pair): only pairs that can be the maximum need to
     move every step. Each step then ascends the ``k`` pairs with the largest last-known quotients
     plus a rotating slice of ``P / revisit_every`` pairs (so every pair is revisited at least every
     ``revisit_every`` steps and its cached quotient refreshed), and the penalty is the maximum over
     those. The first step after a fresh pair set ascends every pair. The trade-off, measured on
-    MNIST CLIP90, is in the README.
+    MNIST CLIP90 over 3 seeds and on Fashion-MNIST at a reduced budget, is docs/RESULTS.md §6.
 
     Cost: the penalty is a maximum, so its gradient flows through one pair. The quotients of the
     moved pairs come from the ascent's own passes (adaptive steps; otherwise from one forward pass
@@ -256,7 +257,7 @@ class CLIP(LipRegModule):
         per_step = 32 + -(-total // 200)
         return (f"{type(self).__name__} ascends all {total:,} pairs every step; --model.init_args.active_pairs 32 "
                 f"--model.init_args.revisit_every 200 ascends about {per_step} a step (the top 32 and a rotating "
-                "1/200), the cheaper option the README's Performance section measures")
+                "1/200), the shipped CLIP configs' setting, measured against the full set in docs/RESULTS.md §6")
 
     def _with_quotients(self, moved: AscentResult) -> AscentResult:
         """``moved`` with its quotients (one forward without a graph where the ascent did not give them)."""

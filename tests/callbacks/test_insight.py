@@ -73,6 +73,6 @@ def test_warm_started_power_iteration_converges_to_the_convolution_bound():
     net = MadryCNN()
     vectors: dict[int, torch.Tensor] = {}
     estimates = [tracked_upper_bound(net.layers, (1, 28, 28), vectors, iterations=10) for _ in range(10)]
-    exact = lipschitz_upper_bound(net.layers, (1, 28, 28))
+    proven = lipschitz_upper_bound(net.layers, (1, 28, 28))  # each convolution's DFT bound: a little above
     assert estimates[0] <= estimates[-1] * (1 + 1e-3)  # from below
-    assert estimates[-1] == pytest.approx(exact, rel=1e-2)
+    assert 0.95 * proven <= estimates[-1] <= proven * (1 + 1e-6)

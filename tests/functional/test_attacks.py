@@ -6,7 +6,7 @@ import torchattacks  # the oracle; installed by the README's test command (pip i
 from torch import nn
 
 from lipreg.functional import fgsm, gaussian_noise, pgd
-from lipreg.functional.losses import per_sample_squared_error
+from lipreg.functional.losses import misclassified, per_sample_squared_error
 from lipreg.functional.quotients import sample_norm
 from lipreg.nets import MLP
 
@@ -138,3 +138,39 @@ def test_pgd_restarts_keep_the_worst_case_of_each_sample(classifier_and_batch):
     loss = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert (loss(net(several), y, reduction="none") >= loss(net(single), y, reduction="none") - 1e-6).all()
+
+
+class CountingNet(nn.Module):
+    """A network that counts the samples it is run on."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.samples = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += len(x)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_pgd_that_stops_at_the_first_adversarial_breaks_a_superset_for_less_work(restarts):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    x = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        y = net(x).argmax(dim=1)  # all correct at the start
+    settings = dict(epsilon=0.4, step_size=0.05, steps=15, norm="l2", restarts=restarts, random_start=False)
+    full, early = CountingNet(net), CountingNet(net)
+    plain = pgd(full, x, y, **settings, generator=torch.Generator().manual_seed(1))
+    stopped = pgd(early, x, y, **settings, generator=torch.Generator().manual_seed(1), is_adversarial=misclassified)
+    with torch.no_grad():
+        broken_plain, broken_early = misclassified(net(plain), y), misclassified(net(stopped), y)
+    assert 0 < broken_plain.sum() < len(x)  # the test means something: some broken, some not
+    assert (broken_early >= broken_plain).all()  # every image the full run broke is broken
+    assert early.samples < full.samples
+    delta = (stopped - x).flatten(1).norm(dim=1)
+    assert (delta <= 0.4 + 1e-5).all() and stopped.min() >= 0 and stopped.max() <= 1
+    never = ~broken_early
+    assert never.any()
+    if restarts == 1:  # the unbroken samples get exactly the full run's point (restarts draw other starts)
+        assert torch.allclose(stopped[never], plain[never], atol=1e-6)

@@ -1,0 +1,287 @@
+"""``lipreg test`` works only where the answer can change, says how sure it is, and certifies soundly."""
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lipreg.callbacks import RobustnessEvaluation
+from lipreg.callbacks.attack_support import TimeBudget
+from lipreg.callbacks.evaluation_progress import EvaluationProgress
+from lipreg.callbacks.robustness import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE
+from lipreg.data.base import InMemoryDataModule, Splits
+from lipreg.errors import LipregError
+from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, logit_margin, noisy_pairs, pgd
+from lipreg.functional.apgd import apgd, apgd_targeted
+from lipreg.functional.bounds import certified_radius, class_pair_bounds
+from lipreg.functional.losses import margin_loss, misclassified
+from lipreg.functional.square import square
+from lipreg.methods import Standard
+from lipreg.nets import MLP
+from lipreg.report import format_table, wilson_interval
+
+from .helpers import BlobsDataModule, quiet_trainer
+
+
+class TinyImages(InMemoryDataModule):
+    """Three classes of 1×8×8 images: a bright blob in one of three places, plus noise."""
+
+    task = "classification"
+    num_outputs = 3
+    input_shape = (1, 8, 8)
+    input_box = (0.0, 1.0)
+
+    def __init__(self, per_class: int = 60) -> None:
+        super().__init__(batch_size=32, eval_batch_size=64, seed=0, on_device=False)
+        self.per_class = per_class
+
+    def load_splits(self) -> Splits:
+        generator = torch.Generator().manual_seed(0)
+        y = torch.arange(3).repeat_interleave(self.per_class)
+        x = 0.3 * torch.rand(len(y), 1, 8, 8, generator=generator)
+        for label, (row, col) in enumerate([(1, 1), (1, 5), (5, 3)]):
+            x[y == label, :, row : row + 2, col : col + 2] += 0.6
+        x = x.clamp(0, 1)
+        order = torch.randperm(len(y), generator=generator)
+        x, y = x[order], y[order]
+        half = len(y) // 2
+        return Splits(train=(x[:half], y[:half]), val=(x[half:], y[half:]), test=(x[half:], y[half:]))
+
+
+def small_cnn() -> nn.Module:
+    net = nn.Module()
+    net.layers = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                               nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    net.forward = net.layers.forward
+    return net
+
+
+def trained(net: nn.Module, data: InMemoryDataModule, epochs: int) -> nn.Module:
+    module = Standard(net, optimizer=lambda p: torch.optim.Adam(p, lr=0.02))
+    quiet_trainer(max_epochs=epochs).fit(module, data)
+    return module.net.eval()
+
+
+def test_a_linear_classifier_is_certified_exactly_to_its_decision_boundary():
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Linear(5, 4))
+    x = torch.randn(32, 5)
+    with torch.no_grad():
+        logits = layers(x)
+    y = logits.argmax(dim=1)
+    radius = certified_radius(logits, y, class_pair_bounds(layers, (5,)))
+    # the exact distance to the nearest rival's boundary of an affine classifier
+    w = layers[0].weight.double()
+    gaps = (logits.double().gather(1, y[:, None]) - logits.double())
+    norms = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)
+    exact = torch.where(norms > 0, gaps / norms, torch.inf).scatter(1, y[:, None], torch.inf).amin(dim=1)
+    assert torch.allclose(radius, exact)
+    # and just beyond it an attack succeeds: the certificate is tight here
+    adversarial = pgd(layers, x, y, 1.001 * radius.max().item(), 0.05, 200, norm="l2", loss_fn=margin_loss, box=None)
+    assert misclassified(layers(adversarial), y).any()
+
+
+def test_the_class_pair_radius_is_never_below_the_global_certificate():
+    torch.manual_seed(0)
+    net = MLP([2, 32, 32, 3], activation="relu")
+    trained(net, BlobsDataModule(), epochs=3)
+    data = BlobsDataModule()
+    data.setup()
+    x, y = data.splits.test
+    with torch.no_grad():
+        logits = net(x)
+    radius = certified_radius(logits, y, class_pair_bounds(net.layers, (2,)))
+    global_radius = (logit_margin(logits, y) / (2**0.5 * lipschitz_upper_bound(net.layers, (2,)))).clamp_min(0)
+    assert (radius >= global_radius.double() - 1e-9).all()
+    assert (radius > global_radius.double() * 1.01).any()  # and strictly tighter somewhere
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_no_attack_of_the_ensemble_succeeds_inside_a_certified_radius(kind):
+    torch.manual_seed(0)
+    if kind == "mlp":
+        data, shape, net = BlobsDataModule(), (2,), MLP([2, 32, 32, 3], activation="relu")
+        box = None
+    else:
+        data, shape, net = TinyImages(), (1, 8, 8), small_cnn()
+        box = (0.0, 1.0)
+    net = trained(net, data, epochs=8)
+    data.setup()
+    x, y = data.splits.test
+    with torch.no_grad():
+        radius = certified_radius(net(x), y, class_pair_bounds(net.layers, shape))
+    assert (radius > 0).float().mean() > 0.3  # the networks certify a good share of the points
+    generator = torch.Generator().manual_seed(0)
+    for quantile in (0.5, 0.8, 0.95):
+        epsilon = torch.quantile(radius[radius > 0], quantile).item()
+        inside = radius > epsilon  # certified at ε: every attack at ε must fail on these
+        xs, ys = x[inside], y[inside]
+        attacks = [
+            pgd(net, xs, ys, epsilon, epsilon / 4, 50, norm="l2", loss_fn=margin_loss, box=box, restarts=3,
+                random_start=True, generator=generator),
+            apgd(net, xs, ys, epsilon, "l2", 50, box=box, generator=generator),
+            apgd_targeted(net, xs, ys, epsilon, "l2", 50, targets=2, box=box, generator=generator),
+        ]
+        if kind == "cnn":
+            attacks.append(square(net, xs, ys, epsilon, "l2", queries=300, box=box, generator=generator))
+        for adversarial in attacks:
+            assert ((adversarial - xs).flatten(1).norm(dim=1) <= epsilon + 1e-5).all()
+            with torch.no_grad():
+                assert not misclassified(net(adversarial), ys).any()
+
+
+def test_wilson_intervals_match_the_textbook_values():
+    assert wilson_interval(0.5, 10_000) == pytest.approx((0.49020, 0.50980), abs=1e-5)
+    low, high = wilson_interval(0.0, 10)
+    assert low == 0.0 and high == pytest.approx(0.27753, abs=1e-5)
+    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0.9, 100) == pytest.approx((0.8256, 0.9448), abs=1e-4)
+    assert wilson_interval(0.3, 0) == (0.0, 1.0)
+
+
+def evaluation(kind: type[RobustnessEvaluation] = RobustnessEvaluation, **overrides) -> RobustnessEvaluation:
+    settings = dict(noise_sigmas=[], fgsm_epsilons=[], pgd_epsilons=[0.3, 0.1, 0.6], pgd_steps=10, pgd_step_size=0.05,
+                    certified_radii=[0.05, 0.1], lipschitz_pairs=20, lipschitz_steps=2, square_queries=50,
+                    apgd_steps=10, apgd_targets=2, train_accuracy=False)
+    settings.update(overrides)
+    return kind(**settings)
+
+
+def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(tmp_path: Path):
+    """The evaluation's robust accuracy against attacking every radius from scratch, full length."""
+    torch.manual_seed(0)
+    data = TinyImages()
+    net = trained(small_cnn(), data, epochs=6)
+    suite = evaluation(output_dir=str(tmp_path))
+    quiet_trainer(callbacks=[suite]).test(Standard(net), data)
+    result = suite.result
+    robust = dict(result["curves"]["robust"])
+    assert [e for e, _ in result["curves"]["robust"]] == [0.3, 0.1, 0.6]  # reported in the user's order
+    assert robust[0.1] >= robust[0.3] >= robust[0.6]
+    x, y = data.splits.test
+    for epsilon in (0.1, 0.3, 0.6):  # every attack from scratch on every image, to its last step
+        broken = misclassified(net(x), y)
+        for step_kind in ("steepest", "sign"):
+            adversarial = pgd(net, x, y, epsilon, 0.05, 10, "l2", step_kind)
+            broken |= misclassified(net(adversarial), y)
+        assert robust[epsilon] <= 1 - broken.float().mean().item() + 1e-9
+    broken_by = result["ensemble"]["broken_by"]
+    assert "smaller ε" not in broken_by["0.1"] and "smaller ε" in broken_by["0.3"]
+    for epsilon, counts in broken_by.items():  # every image is accounted for once
+        attacked = result["attack_samples"]
+        assert attacked - sum(counts.values()) == round(robust[float(epsilon)] * attacked)
+    intervals = result["intervals"]
+    low, high = dict((p, (lo, hi)) for p, lo, hi in intervals["curves"]["robust"])[0.3]
+    assert low <= robust[0.3] <= high and high - low > 0
+    assert result["mean_certified_radius"] > 0
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    assert saved["intervals"] == json.loads(json.dumps(intervals))
+    assert "95 % Wilson intervals" in format_table([result]) and "mean certified radius" in format_table([result])
+
+
+def test_progress_lines_name_the_stage_images_done_and_time_left(capsys: pytest.CaptureFixture):
+    torch.manual_seed(0)
+    data = TinyImages()
+    net = trained(small_cnn(), data, epochs=2)
+    quiet_trainer(callbacks=[evaluation(progress_every=1e-6)]).test(Standard(net), data)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lipreg test:")]
+    assert lines[0].startswith("lipreg test: attacking 90 test images (or as many as fit in 15.0 min) with PGD-L2")
+    inside = [line for line in lines if " on 32 images" in line]  # chunks of 32 images
+    assert any("apgd-t ε=0.6 on 32 images" in line for line in inside)
+    assert any("pgd_sign ε=0.3 on 32 images" in line for line in inside)
+    assert any("64 of 90 images done" in line and "left" in line for line in lines)
+
+
+def test_progress_extrapolates_from_the_stages_done():
+    lines: list[str] = []
+    progress = EvaluationProgress(1000, ["a", "b", "c", "d"], every=1e-9, write=lines.append)
+    progress.start(["PGD"])
+    progress.begin_batch(500)
+    progress.stage("c")
+    assert progress.fraction() == pytest.approx(0.25)
+    progress.end_batch()
+    assert progress.fraction() == pytest.approx(0.5)
+    assert "500 of 1,000 images done" in lines[-1]
+
+
+class InterruptAfter(RobustnessEvaluation):
+    """Raises Ctrl-C in the middle of the second batch, inside an attack."""
+
+    def curve_scores(self, module, x, y, clean):  # noqa: ANN001, ANN201
+        if self.progress.done > 0:
+            raise KeyboardInterrupt
+        return super().curve_scores(module, x, y, clean)
+
+
+def test_ctrl_c_keeps_the_finished_batches(tmp_path: Path, capsys: pytest.CaptureFixture):
+    torch.manual_seed(0)
+    data = TinyImages()
+    net = trained(small_cnn(), data, epochs=2)
+    suite = evaluation(InterruptAfter, pgd_epsilons=[0.3], output_dir=str(tmp_path))
+    trainer = quiet_trainer(callbacks=[suite])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into a graceful stop
+            trainer.test(Standard(net), data)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT from then on
+    assert (tmp_path / INCOMPLETE_MARKER).is_file()
+    partial = json.loads((tmp_path / PARTIAL_RESULT_FILE).read_text())
+    assert partial["incomplete"] and partial["attack_samples"] == 32  # the first chunk, whole
+    assert partial["lipschitz"]["lower"] is None and partial["curves"]["robust"][0][0] == 0.3
+    assert f"finished images' results in {PARTIAL_RESULT_FILE}" in capsys.readouterr().out
+
+
+def test_the_time_budget_stops_the_attacks_and_says_how_many_images_it_reached(capsys: pytest.CaptureFixture):
+    torch.manual_seed(0)
+    data = TinyImages()
+    net = trained(small_cnn(), data, epochs=2)
+    suite = evaluation(time_budget=1e-5)  # 0.6 ms: spent by the first chunk
+    quiet_trainer(callbacks=[suite]).test(Standard(net), data)
+    result = suite.result
+    assert result["attack_samples"] == 32 and result["samples"] == 90 and result["time_budget_minutes"] == 1e-5
+    out = capsys.readouterr().out
+    assert "(attacked: the first 32 test samples, 1e-05-min budget)" in out  # the first chunk
+    assert "stopped the attacks after 32 of 90 test images" in out and "--evaluation.time_budget null" in out
+    unlimited = evaluation(time_budget=None)
+    quiet_trainer(callbacks=[unlimited]).test(Standard(net), data)
+    assert unlimited.result["attack_samples"] == 90 and "time_budget_minutes" not in unlimited.result
+    with pytest.raises(LipregError, match="time_budget must be > 0"):
+        evaluation(time_budget=0)
+
+
+def test_chunks_follow_the_measured_cost():
+    clock = TimeBudget(minutes=1.0, first_chunk=100, attack_share=1.0)
+    assert clock.next_chunk(1000) == 100
+    clock.started -= 6.0  # the first 100 images took 6 s: 0.06 s an image
+    clock.record(100)
+    assert clock.next_chunk(1000) in (99, 100)  # a tenth of the budget (6 s) fits 100 images
+    clock.started -= 60.0
+    assert clock.next_chunk(1000) == 0 and clock.reached
+    assert TimeBudget(None).next_chunk(1000) == 1000 and not TimeBudget(None).spent()
+    shared = TimeBudget(minutes=1.0, attack_share=0.8)  # the attacks stop at 48 s, the bounds at 60 s
+    shared.started -= 50.0
+    shared.record(10)
+    assert shared.next_chunk(100) == 0 and not shared.spent()
+    shared.started -= 11.0
+    assert shared.spent()
+
+
+def test_the_lower_bound_stops_when_told_and_is_still_a_bound():
+    torch.manual_seed(0)
+    net = MLP([4, 16, 3], activation="tanh")
+    pairs = noisy_pairs(torch.rand(32, 4), 0.05)
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    early = lipschitz_lower_bound(net, pairs, steps=50, should_stop=stop_after_three)
+    full = lipschitz_lower_bound(net, pairs, steps=50)
+    three = lipschitz_lower_bound(net, pairs, steps=3)
+    assert len(asked) == 4 and early == pytest.approx(three.item(), rel=1e-5)
+    assert early <= full + 1e-6 <= lipschitz_upper_bound(net.layers, (4,)) + 1e-5
