@@ -94,14 +94,20 @@ def ensemble_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _intervals(result: dict[str, Any]) -> tuple[dict[str, Any], dict[tuple[str, float], list[float]],
+                                                dict[float, list[float]]]:
+    """A result's ``intervals``, and its curve and certified intervals looked up by (curve, ε) and by ε."""
+    intervals = result.get("intervals") or {}
+    curves = {(curve, point[0]): point[1:] for curve, points in intervals.get("curves", {}).items()
+              for point in points}
+    return intervals, curves, {point[0]: point[1:] for point in intervals.get("certified", [])}
+
+
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """``(quantity, value)`` rows of one result, accuracies in percent (MSE as is), each accuracy from
     a sample with its 95 % Wilson interval in brackets where the result has them."""
     metric = result["metric"]
-    intervals = result.get("intervals") or {}
-    curve_intervals = {(curve, point[0]): point[1:] for curve, points in intervals.get("curves", {}).items()
-                       for point in points}
-    certified_intervals = {point[0]: point[1:] for point in intervals.get("certified", [])}
+    intervals, curve_intervals, certified_intervals = _intervals(result)
     rows = [(f"clean {metric} (test, {result['samples']} samples)",
              _percent(result["clean"], metric, intervals.get("clean")))]
     if result.get("train") is not None:
@@ -284,10 +290,7 @@ def write_results(result: dict[str, Any], directory: Path) -> list[Path]:
     json_path = directory / RESULT_FILE
     json_path.write_text(json.dumps(result, indent=2))
     csv_path = directory / "robustness.csv"
-    intervals = result.get("intervals") or {}
-    curve_intervals = {(curve, point[0]): point[1:] for curve, points in intervals.get("curves", {}).items()
-                       for point in points}
-    certified_intervals = {point[0]: point[1:] for point in intervals.get("certified", [])}
+    intervals, curve_intervals, certified_intervals = _intervals(result)
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["quantity", "parameter", "value", "ci95_low", "ci95_high"])
