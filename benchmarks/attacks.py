@@ -41,8 +41,9 @@ import torch.nn.functional as F
 
 from lipreg.cli import run
 from lipreg.data import MNISTDataModule
+from lipreg.evaluation.registry import build_attack
 from lipreg.functional import pgd
-from lipreg.functional.ensemble import EnsembleBudget, ensemble_attack, robust_under_ensemble
+from lipreg.functional.ensemble import EnsembleBudget, robust_under_ensemble
 from lipreg.methods.base import LipRegModule
 from lipreg.nets import MLP
 
@@ -73,7 +74,7 @@ def lipreg_ensemble(net: torch.nn.Module, batches: Batches, epsilon: float) -> t
     start, robust = time.perf_counter(), 0
     budget, generator = EnsembleBudget(), torch.Generator().manual_seed(0)
     for x, y in batches:
-        attacks = [(n, ensemble_attack(n, net, epsilon, "l2", budget, generator=generator))
+        attacks = [(n, build_attack(n, net, epsilon, "l2", budget, generator=generator))
                    for n in ("apgd-ce", "apgd-t", "square")]
         robust += int(robust_under_ensemble(net, x, y, attacks)[0].sum())
     return time.perf_counter() - start, 100 * robust / sum(len(x) for x, _ in batches)

@@ -110,19 +110,19 @@ def run_arm(dataset: str, arm: str, seed: int, args: argparse.Namespace, out: Pa
                                                                                 map_location="cpu")["global_step"]))
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     result = evaluation_of(cli.trainer).result
-    robust = dict(result["curves"]["robust"])
+    robust = result.curve("robust")
     model = cli.model
     num_pairs = model.pairs.shape[1]
     return {
         "arm": arm, "seed": seed, "epochs": args.epochs, "lipschitz_size": args.lipschitz_size,
-        "test": 100 * result["clean"], **{f"robust@{r:g}": 100 * robust[r] for r in RADII},
+        "test": 100 * result.clean, **{f"robust@{r:g}": 100 * robust[r] for r in RADII},
         "sample_size": args.sample_size, "logged_lip": logged_lip,
         "pair_set_max": largest_quotient(model, model.pairs),
         "pair_set_max_refined": largest_quotient(model, refined_pairs(model, args.refine_steps)),
-        "lip_lower": result["lipschitz"]["lower"], "lam": float(model.lam),
+        "lip_lower": result.lipschitz.lower, "lam": float(model.lam),
         "train_minutes": sum(timer.times) / 60, "wall_minutes_this_invocation": wall / 60,
         "seconds_per_step": sum(timer.times) / max(steps, 1), "pairs_per_step": pairs_per_step(num_pairs, arm),
-        "resumed": resume is not None, "checkpoint": result["checkpoint"], "diverged": diverged,
+        "resumed": resume is not None, "checkpoint": result.checkpoint, "diverged": diverged,
         "settings": {key: value for key, value in args.set or []},
     }
 

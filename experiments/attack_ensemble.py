@@ -22,8 +22,9 @@ import torchattacks
 from torch import Tensor
 
 from lipreg.data import FashionMNISTDataModule, MNISTDataModule
+from lipreg.evaluation.registry import build_attack
 from lipreg.functional import pgd
-from lipreg.functional.ensemble import EnsembleBudget, ensemble_attack
+from lipreg.functional.ensemble import EnsembleBudget
 from lipreg.functional.losses import margin_loss
 from lipreg.methods.base import LipRegModule
 
@@ -51,7 +52,7 @@ def evaluate(checkpoint: str, args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(0)
 
     def ours(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-        return ensemble_attack(name, net, eps, "l2", budget, (0.0, 1.0), generator)
+        return build_attack(name, net, eps, "l2", budget, (0.0, 1.0), generator)
 
     attacks: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
         "lipreg PGD-CE": lambda a, b: pgd(net, a, b, eps, 0.25, 100),

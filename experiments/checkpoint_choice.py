@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from lipreg.data import MNISTDataModule
+from lipreg.evaluation.registry import build_attack
 from lipreg.functional import pgd
-from lipreg.functional.ensemble import EnsembleBudget, ensemble_attack, robust_under_ensemble
+from lipreg.functional.ensemble import EnsembleBudget, robust_under_ensemble
 from lipreg.functional.losses import margin_loss, per_sample_cross_entropy
 from lipreg.methods.base import LipRegModule
 
@@ -45,7 +46,7 @@ def evaluate(path: Path, data: MNISTDataModule, test_images: int) -> dict:
         xb, yb = x[start : start + 1000], y[start : start + 1000]
         with torch.no_grad():
             survived_pgd = net(pgd(net, xb, yb, 2.0, 0.25, 100)).argmax(1) == yb
-        attacks = [(n, ensemble_attack(n, net, 2.0, "l2", budget, generator=generator))
+        attacks = [(n, build_attack(n, net, 2.0, "l2", budget, generator=generator))
                    for n in ("apgd-ce", "apgd-t", "square")]
         robust[start : start + 1000] = robust_under_ensemble(net, xb, yb, attacks, survived_pgd)[0]
     return {"checkpoint": str(path), "val_pgd_ce": criteria["ce"], "val_pgd_margin": criteria["margin"],

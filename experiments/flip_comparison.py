@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
         result = evaluation_of(cli.trainer).result
-        results[name] = {"train_seconds": timer.seconds, "train_accuracy": result["train"],
-                         "test_accuracy": result["clean"], "curves": result["curves"]}
+        results[name] = {"train_seconds": timer.seconds, "train_accuracy": result.train,
+                         "test_accuracy": result.clean, "curves": result.curves}
         (args.out / "flip.json").write_text(json.dumps(results, indent=2))
     base = results["STA"]["train_seconds"]
     lines = ["| method | train accuracy (slides) | training time, s | ratio to STA (slides) |",

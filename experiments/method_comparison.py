@@ -69,15 +69,15 @@ def run_row(name: str, args: argparse.Namespace, out: Path) -> dict:
     diverged = fit(cli)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     result = evaluation_of(cli.trainer).result
-    robust = dict(result["curves"]["robust"])
-    certified = dict(result["certified"])
+    robust = result.curve("robust")
+    certified = dict(result.certified)
     return {
-        "test": 100 * result["clean"],
+        "test": 100 * result.clean,
         **{f"robust@{r:g}": 100 * robust[r] for r in RADII},
         **{f"certified@{r:g}": 100 * certified[r] for r in RADII if r in certified},
-        "lip_lower": result["lipschitz"]["lower"], "lip_upper": result["lipschitz"]["upper"],
-        "coefficient": result.get("coefficient", {}),
-        "seconds_per_epoch": statistics.median(timer.times), "checkpoint": result["checkpoint"],
+        "lip_lower": result.lipschitz.lower, "lip_upper": result.lipschitz.upper,
+        "coefficient": result.coefficient,
+        "seconds_per_epoch": statistics.median(timer.times), "checkpoint": result.checkpoint,
         "settings": {key: value for key, value in args.set or []}, "diverged": diverged,
     }
 

@@ -96,12 +96,12 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
     result = evaluation_of(cli.trainer).result
     return {
-        "train": None if result["train"] is None else 100 * result["train"], "test": 100 * result["clean"],
-        "noise": 100 * dict(result["curves"]["noise"])[1.0],
-        "pgd_sign": 100 * dict(result["curves"]["pgd_sign"])[2.0],
-        "pgd": 100 * dict(result["curves"]["pgd"])[2.0],
-        "robust": 100 * dict(result["curves"]["robust"])[2.0],
-        "coefficient": float(cli.model.lam), "checkpoint": result["checkpoint"], "diverged": diverged,
+        "train": None if result.train is None else 100 * result.train, "test": 100 * result.clean,
+        "noise": 100 * result.curve("noise")[1.0],
+        "pgd_sign": 100 * result.curve("pgd_sign")[2.0],
+        "pgd": 100 * result.curve("pgd")[2.0],
+        "robust": 100 * result.curve("robust")[2.0],
+        "coefficient": float(cli.model.lam), "checkpoint": result.checkpoint, "diverged": diverged,
     }
 
 

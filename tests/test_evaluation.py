@@ -11,6 +11,7 @@ from torch import nn
 from lipreg.callbacks import PGDValidation, RobustnessEvaluation
 from lipreg.cli import run
 from lipreg.errors import LipregError
+from lipreg.evaluation import EvaluationSuite
 from lipreg.functional import certified, lipschitz_lower_bound, lipschitz_upper_bound, logit_margin, pgd
 from lipreg.functional.bounds import layer_operator_norm
 from lipreg.functional.pairs import noisy_pairs
@@ -127,31 +128,31 @@ def test_evaluation_results_are_consistent_and_written(tmp_path: Path):
     trainer.fit(module, data)
     trainer.test(module, data)
     result = evaluation.result
-    clean = result["clean_subset"]
-    for curve, points in result["curves"].items():
+    clean = result.clean_subset
+    for curve, points in result.curves.items():
         values = [v for _, v in points]
         assert all(v <= clean + 1e-6 for v in values), curve
         if curve != "noise":  # noise is random; attacks are monotone in ε here
             assert values == sorted(values, reverse=True), curve
-    assert result["lipschitz"]["lower"] <= result["lipschitz"]["upper"]
-    certified_values = [v for _, v in result["certified"]]
+    assert result.lipschitz.lower <= result.lipschitz.upper
+    certified_values = [v for _, v in result.certified]
     assert certified_values == sorted(certified_values, reverse=True) and certified_values[0] <= clean
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"robustness.json", "robustness.csv", "robustness.png"}
     assert json.loads((tmp_path / "out" / "robustness.json").read_text())["method"] == "Standard"
-    assert trainer.callback_metrics["test/pgd_acc@0.2"] == pytest.approx(result["curves"]["pgd"][1][1])
+    assert trainer.callback_metrics["test/pgd_acc@0.2"] == pytest.approx(result.curves["pgd"][1][1])
     # the robust accuracy: first, logged, never above any attack at the same ε, and it says what it is
-    assert list(result["curves"])[0] == "robust"
+    assert list(result.curves)[0] == "robust"
     for (epsilon, robust), (_, pgd_value), (_, sign_value) in zip(
-            result["curves"]["robust"], result["curves"]["pgd"], result["curves"]["pgd_sign"], strict=True):
+            result.curves["robust"], result.curves["pgd"], result.curves["pgd_sign"], strict=True):
         assert robust <= min(pgd_value, sign_value) + 1e-6
         assert trainer.callback_metrics[f"test/robust_acc@{epsilon:g}"] == pytest.approx(robust)
-    attacks = result["ensemble"]["attacks"]
+    attacks = result.ensemble.attacks
     assert attacks[0].startswith("PGD-L2") and "APGD-T (100 steps, 9 targets)" in attacks
     assert not any("Square" in a for a in attacks)  # flat inputs: Square needs images
-    broken = result["ensemble"]["broken_by"]["0.2"]
-    clean_correct = round(result["clean_subset"] * result["attack_samples"])
+    broken = result.ensemble.broken_by["0.2"]
+    clean_correct = round(result.clean_subset * result.attack_samples)
     assert clean_correct - sum(v for k, v in broken.items() if k != "clean") == round(
-        result["curves"]["robust"][1][1] * result["attack_samples"])
+        result.curves["robust"][1][1] * result.attack_samples)
 
 
 def test_the_ensemble_lowers_robust_accuracy_below_cross_entropy_pgd_on_small_logits(capsys: pytest.CaptureFixture):
@@ -164,9 +165,9 @@ def test_the_ensemble_lowers_robust_accuracy_below_cross_entropy_pgd_on_small_lo
         module.net.layers[-1].bias.mul_(0.01)
     evaluation = tiny_evaluation(pgd_steps=3, pgd_step_size=0.01, sign_pgd=False, ensemble=["apgd-t"])
     quiet_trainer(callbacks=[evaluation]).test(module, BlobsDataModule())
-    (_, robust), (_, pgd_value) = evaluation.result["curves"]["robust"][1], evaluation.result["curves"]["pgd"][1]
+    (_, robust), (_, pgd_value) = evaluation.result.curves["robust"][1], evaluation.result.curves["pgd"][1]
     assert robust < pgd_value - 0.05
-    assert evaluation.result["ensemble"]["broken_by"]["0.2"]["apgd-t"] > 0
+    assert evaluation.result.ensemble.broken_by["0.2"]["apgd-t"] > 0
     out = capsys.readouterr().out
     assert out.index("robust accuracy L2 (worst case) ε=0.05") < out.index("Gaussian noise")
     assert "robust = worst case per sample over: PGD-L2 (CE, 3 steps of 0.01), APGD-T (100 steps, 9 targets)" in out
@@ -180,8 +181,8 @@ def test_regression_reports_the_worst_case_error():
     evaluation = tiny_evaluation(pgd_epsilons=[0.1], certified_radii=[])
     quiet_trainer(callbacks=[evaluation]).test(module, RegressionDataModule(num_samples=50))
     result = evaluation.result
-    assert result["curves"]["robust"][0][1] >= result["curves"]["pgd"][0][1] - 1e-9
-    assert result["ensemble"]["attacks"][-1] == "APGD-MSE (100 steps)"
+    assert result.curves["robust"][0][1] >= result.curves["pgd"][0][1] - 1e-9
+    assert result.ensemble.attacks[-1] == "APGD-MSE (100 steps)"
 
 
 def test_unknown_ensemble_attacks_are_refused():
@@ -195,7 +196,7 @@ def test_sample_size_limits_the_attacked_subset():
     module = Standard(MLP([2, 8, 3]))
     evaluation = tiny_evaluation(sample_size=50)
     quiet_trainer(callbacks=[evaluation]).test(module, BlobsDataModule())
-    assert evaluation.result["attack_samples"] == 50 and evaluation.result["samples"] == 120
+    assert evaluation.result.attack_samples == 50 and evaluation.result.samples == 120
 
 
 def test_noise_is_clamped_to_the_input_range_unless_switched_off():
@@ -203,7 +204,10 @@ def test_noise_is_clamped_to_the_input_range_unless_switched_off():
     module.input_box = (0.0, 1.0)
     x, y = torch.full((200, 2), 0.5), torch.zeros(200, dtype=torch.long)
     for clamp in (True, False):
-        noisy = tiny_evaluation(noise_clamp=clamp).perturb(module, "noise", 1.0, x, y, torch.Generator().manual_seed(0))
+        plan = tiny_evaluation(noise_clamp=clamp).plan
+        suite = EvaluationSuite(plan, module.net, module.task_spec, module.input_box,
+                                generator=torch.Generator().manual_seed(0))
+        noisy = suite.perturb("noise", 1.0, x, y)
         inside = bool(((noisy >= 0) & (noisy <= 1)).all())
         assert inside == clamp
 

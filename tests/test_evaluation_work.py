@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from lipreg.callbacks import RobustnessEvaluation
-from lipreg.callbacks.attack_support import TimeBudget
-from lipreg.callbacks.evaluation_progress import EvaluationProgress
 from lipreg.callbacks.robustness import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE
 from lipreg.data.base import InMemoryDataModule, Splits
 from lipreg.errors import LipregError
+from lipreg.evaluation import EvaluationProgress, ImageSchedule, RobustnessResult, wilson_interval
 from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, logit_margin, noisy_pairs, pgd
 from lipreg.functional.apgd import apgd, apgd_targeted
 from lipreg.functional.bounds import certified_radius, class_pair_bounds
@@ -21,7 +20,7 @@ from lipreg.functional.losses import margin_loss, misclassified
 from lipreg.functional.square import square
 from lipreg.methods import Standard
 from lipreg.nets import MLP
-from lipreg.report import format_table, wilson_interval
+from lipreg.report import format_table
 
 from .helpers import BlobsDataModule, quiet_trainer
 
@@ -158,8 +157,8 @@ def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(t
     suite = evaluation(output_dir=str(tmp_path))
     quiet_trainer(callbacks=[suite]).test(Standard(net), data)
     result = suite.result
-    robust = dict(result["curves"]["robust"])
-    assert [e for e, _ in result["curves"]["robust"]] == [0.3, 0.1, 0.6]  # reported in the user's order
+    robust = result.curve("robust")
+    assert [e for e, _ in result.curves["robust"]] == [0.3, 0.1, 0.6]  # reported in the user's order
     assert robust[0.1] >= robust[0.3] >= robust[0.6]
     x, y = data.splits.test
     for epsilon in (0.1, 0.3, 0.6):  # every attack from scratch on every image, to its last step
@@ -168,17 +167,17 @@ def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(t
             adversarial = pgd(net, x, y, epsilon, 0.05, 10, "l2", step_kind)
             broken |= misclassified(net(adversarial), y)
         assert robust[epsilon] <= 1 - broken.float().mean().item() + 1e-9
-    broken_by = result["ensemble"]["broken_by"]
+    broken_by = result.ensemble.broken_by
     assert "smaller ε" not in broken_by["0.1"] and "smaller ε" in broken_by["0.3"]
     for epsilon, counts in broken_by.items():  # every image is accounted for once
-        attacked = result["attack_samples"]
+        attacked = result.attack_samples
         assert attacked - sum(counts.values()) == round(robust[float(epsilon)] * attacked)
-    intervals = result["intervals"]
-    low, high = dict((p, (lo, hi)) for p, lo, hi in intervals["curves"]["robust"])[0.3]
+    low, high = result.intervals.curves[("robust", 0.3)]
     assert low <= robust[0.3] <= high and high - low > 0
-    assert result["mean_certified_radius"] > 0
+    assert result.mean_certified_radius > 0
     saved = json.loads((tmp_path / "robustness.json").read_text())
-    assert saved["intervals"] == json.loads(json.dumps(intervals))
+    assert saved["intervals"] == json.loads(json.dumps(result.intervals.to_dict()))
+    assert RobustnessResult.from_dict(saved) == result  # the JSON round trip
     assert "95 % Wilson intervals" in format_table([result]) and "mean certified radius" in format_table([result])
 
 
@@ -208,12 +207,18 @@ def test_progress_extrapolates_from_the_stages_done():
 
 
 class InterruptAfter(RobustnessEvaluation):
-    """Raises Ctrl-C in the middle of the second batch, inside an attack."""
+    """Raises Ctrl-C in the middle of the second chunk, inside an attack."""
 
-    def curve_scores(self, module, x, y, clean):  # noqa: ANN001, ANN201
-        if self.progress.done > 0:
-            raise KeyboardInterrupt
-        return super().curve_scores(module, x, y, clean)
+    def on_test_start(self, trainer, pl_module):  # noqa: ANN001, ANN201
+        super().on_test_start(trainer, pl_module)
+        progress, score = self.progress, self.suite.curve_scores
+
+        def interrupted(*args):  # noqa: ANN002, ANN202
+            if progress.done > 0:
+                raise KeyboardInterrupt
+            return score(*args)
+
+        self.suite.curve_scores = interrupted
 
 
 def test_ctrl_c_keeps_the_finished_batches(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -242,32 +247,45 @@ def test_the_time_budget_stops_the_attacks_and_says_how_many_images_it_reached(c
     suite = evaluation(time_budget=1e-5)  # 0.6 ms: spent by the first chunk
     quiet_trainer(callbacks=[suite]).test(Standard(net), data)
     result = suite.result
-    assert result["attack_samples"] == 32 and result["samples"] == 90 and result["time_budget_minutes"] == 1e-5
+    assert result.attack_samples == 32 and result.samples == 90 and result.time_budget_minutes == 1e-5
     out = capsys.readouterr().out
     assert "(attacked: the first 32 test samples, 1e-05-min budget)" in out  # the first chunk
     assert "stopped the attacks after 32 of 90 test images" in out and "--evaluation.time_budget null" in out
     unlimited = evaluation(time_budget=None)
     quiet_trainer(callbacks=[unlimited]).test(Standard(net), data)
-    assert unlimited.result["attack_samples"] == 90 and "time_budget_minutes" not in unlimited.result
+    assert unlimited.result.attack_samples == 90 and "time_budget_minutes" not in unlimited.result.to_dict()
     with pytest.raises(LipregError, match="time_budget must be > 0"):
         evaluation(time_budget=0)
 
 
 def test_chunks_follow_the_measured_cost():
-    clock = TimeBudget(minutes=1.0, first_chunk=100, attack_share=1.0)
+    clock = ImageSchedule(minutes=1.0, first_chunk=100, attack_share=1.0)
     assert clock.next_chunk(1000) == 100
     clock.started -= 6.0  # the first 100 images took 6 s: 0.06 s an image
-    clock.record(100)
+    clock.images += 100
     assert clock.next_chunk(1000) in (99, 100)  # a tenth of the budget (6 s) fits 100 images
     clock.started -= 60.0
     assert clock.next_chunk(1000) == 0 and clock.reached
-    assert TimeBudget(None).next_chunk(1000) == 1000 and not TimeBudget(None).spent()
-    shared = TimeBudget(minutes=1.0, attack_share=0.8)  # the attacks stop at 48 s, the bounds at 60 s
+    assert ImageSchedule().next_chunk(1000) == 1000 and not ImageSchedule().spent()
+    shared = ImageSchedule(minutes=1.0, attack_share=0.8)  # the attacks stop at 48 s, the bounds at 60 s
     shared.started -= 50.0
-    shared.record(10)
+    shared.images += 10
     assert shared.next_chunk(100) == 0 and not shared.spent()
     shared.started -= 11.0
     assert shared.spent()
+
+
+def test_one_gate_for_sample_size_and_time():
+    """Once the time budget stops the attacks, no later batch is attacked, whatever the sample size allows."""
+    x, y = torch.zeros(50, 2), torch.zeros(50, dtype=torch.long)
+    gate = ImageSchedule(sample_size=120, minutes=1.0, first_chunk=10)
+    first = [len(chunk) for chunk, _ in gate.chunks(x, y)]
+    assert first[0] == 10 and sum(first) == 50 and gate.remaining == 70
+    gate.started -= 120.0  # the budget is spent
+    assert [len(chunk) for chunk, _ in gate.chunks(x, y)] == [] and gate.reached
+    assert len(gate.take(x, y)[0]) == 0
+    shards = [ImageSchedule(sample_size=5, rank=rank, world_size=2) for rank in (0, 1)]
+    assert [len(s.take(x, y)[0]) for s in shards] == [3, 2]
 
 
 def test_the_lower_bound_stops_when_told_and_is_still_a_bound():

@@ -6,9 +6,10 @@ from torch import nn
 
 from lipreg.errors import LipregError
 from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, noisy_pairs
-from lipreg.functional.bounds import class_pair_bounds
+from lipreg.functional.bounds import class_pair_bounds, layer_operator_norm
 from lipreg.methods import LipschitzMargin
-from lipreg.nets import MLP, LipschitzMLP, MaxMin, plain_layers
+from lipreg.nets import MLP, LipschitzCNN, LipschitzMLP, MaxMin, plain_layers
+from lipreg.nets.lipschitz import lipschitz_conv
 
 
 @pytest.mark.parametrize("layer", ["orthogonal", "aol"])
@@ -74,3 +75,43 @@ def test_margin_training_refuses_what_it_cannot_bound():
         LipschitzMargin(MLP([1, 4, 1]), task="regression")
     with pytest.raises(ValueError, match="even hidden widths"):
         LipschitzMLP([784, 15, 10])
+    with pytest.raises(LipregError, match="'ce' or 'hkr'"):
+        LipschitzMargin(LipschitzMLP([2, 4, 3]), loss="hinge")
+    with pytest.raises(LipregError, match="temperature > 0"):
+        LipschitzMargin(LipschitzMLP([2, 4, 3]), temperature=0.0)
+    with pytest.raises(ValueError, match="one stride"):
+        LipschitzCNN(channels=(16, 32), strides=(1,))
+
+
+def dense_operator_norm(conv: nn.Module, shape: tuple[int, ...]) -> float:
+    """The exact L2 operator norm of a (bias-free part of a) convolution on images of ``shape``: the
+    largest singular value of its matrix, built column by column."""
+    inputs = torch.eye(int(torch.tensor(shape).prod())).view(-1, *shape).double()
+    with torch.no_grad():
+        columns = nn.functional.conv2d(inputs, conv.weight.double(), None, conv.stride, conv.padding)
+    return torch.linalg.matrix_norm(columns.flatten(1).T, 2).item()
+
+
+@pytest.mark.parametrize(("n_in", "n_out", "kernel", "stride"), [(1, 8, 3, 1), (4, 6, 3, 1), (4, 8, 4, 2)])
+def test_aol_convolutions_have_operator_norm_at_most_one_whatever_the_kernel(n_in, n_out, kernel, stride):
+    torch.manual_seed(0)
+    conv = lipschitz_conv(n_in, n_out, kernel, stride)
+    shape = (n_in, 6, 6)
+    assert dense_operator_norm(conv, shape) == pytest.approx(1.0, abs=1e-5)  # orthogonal centre tap
+    with torch.no_grad():
+        conv.parametrizations.weight.original.normal_().mul_(10)
+    exact = dense_operator_norm(conv, shape)
+    assert exact <= 1 + 1e-6
+    assert exact <= layer_operator_norm(conv, shape) + 1e-6  # lipreg's DFT bound is sound here too
+
+
+def test_a_lipschitz_cnn_is_one_lipschitz_and_certifies_with_its_own_bound():
+    torch.manual_seed(0)
+    net = LipschitzCNN(channels=(8, 16), strides=(1, 2), widths=(32, 10), input_shape=(1, 12, 12))
+    x = torch.rand(16, 1, 12, 12)
+    assert net(x).shape == (16, 10)
+    upper = lipschitz_upper_bound(net.layers, (1, 12, 12))
+    lower = lipschitz_lower_bound(net, noisy_pairs(x, 0.05), steps=20)
+    assert lower <= upper <= 1 + 1e-5
+    channels = MaxMin()(torch.randn(2, 4, 3, 3))
+    assert torch.equal(channels[:, :2], channels[:, :2].maximum(channels[:, 2:]))  # maxima first, per channel pair

@@ -6,9 +6,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lipreg.callbacks.figure_logging import log_figure
 from lipreg.errors import LipregError
 from lipreg.functional import pair_quotients, tracked_upper_bound
-from lipreg.report import close_figure, pyplot
+from lipreg.report.figures import pyplot
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -83,10 +84,8 @@ class PairSetImages(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_histogram"):
                 experiment.add_histogram("pairs/quotients", quotients.cpu(), global_step=step)
-            if hasattr(experiment, "add_figure") and pairs.dim() in (4, 5):
-                figure = pair_figure(pairs, quotients, self.top_pairs)
-                experiment.add_figure("pairs/top", figure, global_step=step)
-                close_figure(figure)
+        if pairs.dim() in (4, 5):
+            log_figure(trainer, "pairs/top", lambda: pair_figure(pairs, quotients, self.top_pairs))
 
 
 class UpperBoundTracking(L.Callback):

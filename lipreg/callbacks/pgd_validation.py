@@ -6,11 +6,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lipreg.callbacks.attack_support import SampleBudget, per_sample_scores, require_gradients
+from lipreg.callbacks.attack_support import require_gradients
 from lipreg.errors import LipregError
+from lipreg.evaluation import ImageSchedule
 from lipreg.functional import pgd
 from lipreg.functional.attacks import Norm
-from lipreg.functional.losses import margin_loss, per_sample_cross_entropy, per_sample_squared_error
+from lipreg.functional.losses import margin_loss
 from lipreg.methods.base import LipRegModule, epoch_mean
 
 ValidationLoss = Literal["margin", "ce"]
@@ -63,25 +64,22 @@ class PGDValidation(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         require_gradients(self, "validation")
         self.metric = epoch_mean().to(pl_module.device)
-        self.budget = SampleBudget(self.sample_size, trainer)
+        self.images = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = self.budget.take(*batch)
+        x, y = self.images.take(*batch)
         if len(x) == 0:
             return
         module: LipRegModule = pl_module
-        if module.task == "regression":
-            loss = per_sample_squared_error
-        else:
-            loss = margin_loss if self.loss == "margin" else per_sample_cross_entropy
+        task = module.task_spec
+        loss = margin_loss if task.classification and self.loss == "margin" else task.per_sample_loss
         adversarial = pgd(module.net, x, y, self.epsilon, self.step_size, self.steps, self.norm,
                           "sign" if self.sign_steps else "steepest", loss, module.input_box)
         with torch.no_grad():
-            self.metric.update(per_sample_scores(module, module.net(adversarial), y))
+            self.metric.update(task.score(module.net(adversarial), y))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.metric.update_count == 0 and trainer.world_size == 1:
             return  # under DDP a process without samples (sample_size < processes) still joins the reduction
-        name = "val/pgd_acc" if pl_module.task == "classification" else "val/pgd_mse"
-        pl_module.log(name, self.metric.compute(), sync_dist=True)
+        pl_module.log(f"val/pgd_{pl_module.task_spec.short}", self.metric.compute(), sync_dist=True)

@@ -52,7 +52,7 @@ class PredictionWriter(BasePredictionWriter):
         steps = [p if isinstance(p, dict) else {"outputs": p} for p in predictions]
         result = {key: self._gathered(trainer, pl_module, torch.cat([step[key] for step in steps]))
                   for key in steps[0]}
-        if getattr(pl_module, "task", None) == "classification":
+        if pl_module.task_spec.classification:
             result["predictions"] = result["outputs"].argmax(dim=1)
         directory = Path(self.output_dir or trainer.log_dir or "predictions")  # log_dir: a collective under DDP
         if not trainer.is_global_zero:

@@ -6,8 +6,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from lipreg.callbacks.figure_logging import log_figure
 from lipreg.data.regression import RegressionDataModule
-from lipreg.report import close_figure, pyplot
+from lipreg.report.figures import pyplot
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,9 +50,5 @@ class RegressionPlot(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        figure = regression_figure(pl_module.net, datamodule, f"epoch {trainer.current_epoch + 1}")
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("val/fit", figure, global_step=trainer.global_step)
-        close_figure(figure)
+        log_figure(trainer, "val/fit",
+                   lambda: regression_figure(pl_module.net, datamodule, f"epoch {trainer.current_epoch + 1}"))

@@ -19,7 +19,7 @@ def _lipreg_module(pl_module: L.LightningModule, callback: L.Callback) -> LipReg
 def epoch_accuracy(pl_module: LipRegModule, stage: Literal["train", "val"]) -> float | None:
     """The running accuracy of the current epoch, reduced over all processes (``None`` before any batch)."""
     metric = pl_module.metrics[f"{stage}_score"]
-    if pl_module.task != "classification" or metric.update_count == 0:
+    if not pl_module.task_spec.classification or metric.update_count == 0:
         return None
     return float(metric.compute())
 
@@ -47,7 +47,7 @@ class Warmup(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         module = _lipreg_module(pl_module, self)
-        if self.target is not None and module.task != "classification":
+        if self.target is not None and not module.task_spec.classification:
             raise LipregError("Warmup by target accuracy needs a classification task; use Warmup(epochs=…)")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -118,7 +118,7 @@ class LambdaDiscrepancy(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         module = _lipreg_module(pl_module, self)
-        if module.task != "classification":
+        if not module.task_spec.classification:
             raise LipregError("LambdaDiscrepancy compares an accuracy with its target: it needs a classification task")
         if not module.is_regularised:
             raise LipregError(f"{type(module).__name__} has no regularisation coefficient for LambdaDiscrepancy")

@@ -2,7 +2,6 @@
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import lightning as L
 import torch
@@ -10,8 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lipreg.errors import LipregError
-
-Task = Literal["classification", "regression"]
+from lipreg.task import Task
 
 
 class TensorBatches(Dataset):

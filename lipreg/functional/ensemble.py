@@ -8,28 +8,20 @@ worst-case error: per sample the largest squared error any attack reached.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
 
-from lipreg.functional.apgd import apgd, apgd_targeted
-from lipreg.functional.attacks import Norm, pgd
-from lipreg.functional.losses import dlr_loss, margin_loss, misclassified, per_sample_squared_error
-from lipreg.functional.pairs import Box
-from lipreg.functional.square import square
+from lipreg.functional.losses import misclassified, per_sample_squared_error
 
 #: An attack with everything but the batch bound: ``(x, y) -> adversarial x``.
 Attack = Callable[[Tensor, Tensor], Tensor]
-
-#: The members ``ensemble_attack`` can build for classification (regression: ``apgd-mse``).
-CLASSIFICATION_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square", "pgd-margin")
 
 
 @dataclass(frozen=True)
 class EnsembleBudget:
     """The budgets of the ensemble's members: APGD steps, APGD-T's rival classes, Square's queries,
-    and the step count and size of the margin-loss PGD."""
+    and the step count and size of the margin-loss PGD (``lipreg.evaluation.registry`` builds the members)."""
 
     apgd_steps: int = 100
     apgd_targets: int = 9
@@ -40,49 +32,6 @@ class EnsembleBudget:
     def __post_init__(self) -> None:
         if min(self.apgd_steps, self.apgd_targets, self.square_queries, self.pgd_steps) < 1 or self.pgd_step_size <= 0:
             raise ValueError(f"every ensemble budget must be positive, got {self}")
-
-    def describe(self, name: str) -> str:
-        """The member's name with its budget, e.g. ``APGD-T (100 steps, 9 targets)``."""
-        budgets = {
-            "apgd-ce": f"APGD-CE ({self.apgd_steps} steps)",
-            "apgd-dlr": f"APGD-DLR ({self.apgd_steps} steps)",
-            "apgd-t": f"APGD-T ({self.apgd_steps} steps, {self.apgd_targets} targets)",
-            "square": f"Square ({self.square_queries} queries)",
-            "pgd-margin": f"PGD-margin ({self.pgd_steps} steps of {self.pgd_step_size:g})",
-            "apgd-mse": f"APGD-MSE ({self.apgd_steps} steps)",
-        }
-        return budgets[name]
-
-
-def ensemble_attack(
-    name: str,
-    model: Callable[[Tensor], Tensor],
-    epsilon: float,
-    norm: Norm,
-    budget: EnsembleBudget,
-    box: Box | None = (0.0, 1.0),
-    generator: torch.Generator | None = None,
-) -> Attack:
-    """One member of the ensemble, bound to its model, radius, norm and budget.
-
-    ``apgd-ce`` / ``apgd-dlr``: APGD on cross-entropy / DLR; ``apgd-t``: targeted APGD over the
-    top rival classes; ``square``: the gradient-free Square Attack on the margin; ``pgd-margin``:
-    PGD on the margin loss; ``apgd-mse`` (regression): APGD on the squared error.
-    """
-    common = {"epsilon": epsilon, "norm": norm, "box": box, "generator": generator}
-    members: dict[str, Attack] = {
-        "apgd-ce": partial(apgd, model, steps=budget.apgd_steps, **common),
-        "apgd-dlr": partial(apgd, model, steps=budget.apgd_steps, loss_fn=dlr_loss, **common),
-        "apgd-t": partial(apgd_targeted, model, steps=budget.apgd_steps, targets=budget.apgd_targets, **common),
-        "square": partial(square, model, queries=budget.square_queries, **common),
-        "pgd-margin": partial(pgd, model, step_size=budget.pgd_step_size, steps=budget.pgd_steps,
-                              loss_fn=margin_loss, **common),
-        "apgd-mse": partial(apgd, model, steps=budget.apgd_steps, loss_fn=per_sample_squared_error,
-                            is_adversarial=None, **common),
-    }
-    if name not in members:
-        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(members)}")
-    return members[name]
 
 
 def robust_under_ensemble(

@@ -78,3 +78,39 @@ def targeted_dlr_loss(logits: Tensor, target: Tensor, rival: Tensor) -> Tensor:
 def misclassified(logits: Tensor, target: Tensor) -> Tensor:
     """Whether each sample's predicted class differs from its label: ``[B]`` booleans."""
     return logits.argmax(dim=1) != target
+
+
+def raised_rival_logits(logits: Tensor, target: Tensor, offsets: Tensor) -> Tensor:
+    """Every rival logit raised by the most a perturbation of the target radius can move it towards the label's:
+    ``f(x) + O[y, :]`` with ``O = ε · B`` (``B[y, j]`` a bound of the class pair's logit-difference Lipschitz
+    constant, ``O[y, y] = 0``). A sample whose raised logits are still won by its label is certified at ε."""
+    return logits + offsets[target]
+
+
+def lipschitz_margin_cross_entropy(logits: Tensor, target: Tensor, offsets: Tensor, temperature: float = 1.0) -> Tensor:
+    """Lipschitz-margin cross-entropy (Tsuzuku et al., 2018, eq. (9); GloRo, Leino et al., 2021), batch mean:
+
+    .. math:: \\frac{1}{B} \\sum_i \\mathrm{CE}\\big(\\tau\\,(f(x_i) + O[y_i, :]),\\ y_i\\big)
+
+    The temperature ``τ`` scales the logits of a network whose logits cannot grow (a 1-Lipschitz one):
+    a larger ``τ`` makes the loss sharper, closer to a hinge on the raised margin.
+    """
+    return F.cross_entropy(temperature * raised_rival_logits(logits, target, offsets), target)
+
+
+def hkr_loss(logits: Tensor, target: Tensor, offsets: Tensor, alpha: float) -> Tensor:
+    """The hinge–Kantorovich–Rubinstein loss (Serrurier et al., 2021, eq. (8)) in its multiclass form with the
+    class pairs' margins, batch mean:
+
+    .. math:: \\alpha \\sum_{j \\ne y} \\max\\big(0,\\ O[y, j] - (f_y - f_j)\\big)
+              \\;-\\; \\Big(f_y - \\frac{1}{C-1} \\sum_{j \\ne y} f_j\\Big)
+
+    The hinge asks every class pair for the margin that certifies the radius (``O = ε · B``); the
+    Kantorovich–Rubinstein term (the dual of the Wasserstein-1 distance between a class and the
+    others, for a 1-Lipschitz network) pushes all logits apart beyond it. ``alpha`` weighs the hinge.
+    """
+    true = logits.gather(1, target.unsqueeze(1))  # [B, 1]
+    rivals = 1.0 - F.one_hot(target, logits.shape[1]).to(logits.dtype)  # [B, C]
+    hinge = ((offsets[target] - (true - logits)).clamp_min(0) * rivals).sum(dim=1)
+    kantorovich = true.squeeze(1) - (logits * rivals).sum(dim=1) / (logits.shape[1] - 1)
+    return (alpha * hinge - kantorovich).mean()

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 from lipreg.errors import LipregError
 from lipreg.functional import pgd
 from lipreg.functional.attacks import Norm
-from lipreg.functional.losses import per_sample_cross_entropy, per_sample_squared_error
 from lipreg.methods.base import LipRegModule
 
 
@@ -58,9 +57,9 @@ class AdversarialTraining(LipRegModule):
         self.adversarial_weight = adversarial_weight
 
     def data_term(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        per_sample = per_sample_cross_entropy if self.task == "classification" else per_sample_squared_error
         adversarial = pgd(self.net, x, y, self.epsilon, self.step_size, self.steps, self.norm, "steepest",
-                          per_sample, self.input_box, self.random_start, generator=self.step_generator(x.device))
+                          self.task_spec.per_sample_loss, self.input_box, self.random_start,
+                          generator=self.step_generator(x.device))
         clean_output, adversarial_output = self.net(torch.cat([x, adversarial])).split(len(x))
         adversarial_loss = self.loss(adversarial_output, y)
         if self.adversarial_weight == 1.0:

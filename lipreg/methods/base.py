@@ -4,20 +4,17 @@ import importlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MeanSquaredError, Metric
+from torchmetrics import MeanMetric
 
 from lipreg.devices import check_precision, weights_device
 from lipreg.errors import LipregError
-
-Task = Literal["classification", "regression"]
-TASKS = ("classification", "regression")
+from lipreg.task import TASKS, Task, TaskSpec
 
 # The CLI stores the network's config in the hyperparameters and rebuilds it on load, so the
 # module instance Lightning warns about is never pickled.
@@ -60,6 +57,8 @@ class LipRegModule(L.LightningModule):
         optimizer: the optimiser class and its options, e.g. ``torch.optim.SGD`` with ``lr``.
         lr_scheduler: an optional learning-rate schedule over that optimiser.
         seed: seeds the method's own random draws (pair noise, attack starts) per step.
+        input_noise: the std σ of Gaussian noise added to every training input (Cohen et al., 2019: the
+            training for a randomized-smoothing certificate, ``--evaluation.certificate smoothing``); 0: none.
     """
 
     #: The name λ is logged under (weight decay calls it μ).
@@ -73,10 +72,14 @@ class LipRegModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         seed: int = 0,
+        input_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if task not in TASKS:
-            raise LipregError(f"task must be one of {TASKS}, got {task!r}")
+            raise LipregError(f"task must be one of {tuple(TASKS)}, got {task!r}")
+        if input_noise < 0:
+            raise LipregError(f"input_noise must be >= 0 (the std of the training inputs' Gaussian noise), got "
+                              f"{input_noise}")
         if lam < 0:
             raise LipregError(f"lam, the regularisation coefficient, must be >= 0, got {lam}; "
                               "set --model.init_args.lam to 0 or more")
@@ -87,16 +90,19 @@ class LipRegModule(L.LightningModule):
             self.hparams.pop(key)
         self.net = net
         self.task = task
+        #: the task's losses, score and names (:mod:`lipreg.task`)
+        self.task_spec: TaskSpec = TASKS[task]
         self.seed = seed
+        self.input_noise = input_noise
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.register_buffer("lam", torch.tensor(float(lam)))
         self.regularise = True
         #: the valid input range (clamps attacks and pairs), taken from the data module in ``setup``
         self.input_box: tuple[float, float] | None = None
-        self.score_name = "acc" if task == "classification" else "mse"
+        self.score_name = self.task_spec.short
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": (self._score_metric() if name == "score" else epoch_mean())
+            {f"{stage}_{name}": (self.task_spec.score_metric() if name == "score" else epoch_mean())
              for stage in ("train", "val", "test") for name in ("loss", "score")}
         )
         if self.is_regularised:
@@ -111,10 +117,6 @@ class LipRegModule(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
-
-    def _score_metric(self) -> Metric:
-        # accuracy is the mean of per-sample correctness (torchmetrics' micro accuracy)
-        return epoch_mean() if self.task == "classification" else MeanSquaredError()
 
     # ----------------------------------------------------------------- hooks for subclasses
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
@@ -146,20 +148,19 @@ class LipRegModule(L.LightningModule):
         return self.net(x)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """Mean cross-entropy (classification) or mean squared error (regression)."""
-        if self.task == "classification":
-            return F.cross_entropy(output, target)
-        return F.mse_loss(output, target)
+        """The task's batch-mean loss: cross-entropy (classification) or squared error (regression)."""
+        return self.task_spec.loss(output, target)
 
-    def step_generator(self, device: torch.device) -> torch.Generator:
-        """A random generator seeded by ``(seed, global step, rank)``: a resumed run draws the same noise."""
+    def step_generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
+        """A random generator seeded by ``(seed, global step, rank, stream)``: a resumed run draws the same
+        noise; distinct ``stream``s of one step draw independent noise."""
         rank = self.global_rank if self._trainer is not None else 0
         return torch.Generator(device=device).manual_seed(
-            self.seed + 1_000_003 * (self.global_step * self.world_size + rank))
+            self.seed + 1_000_003 * (self.global_step * self.world_size + rank) + 7_919 * stream)
 
     def _update_score(self, stage: str, output: Tensor, target: Tensor) -> None:
-        if self.task == "classification":
-            self.metrics[f"{stage}_score"].update((output.argmax(dim=1) == target).float())
+        if self.task_spec.classification:
+            self.metrics[f"{stage}_score"].update(self.task_spec.score(output, target))
         else:
             self.metrics[f"{stage}_score"].update(output, target)
 
@@ -193,6 +194,10 @@ class LipRegModule(L.LightningModule):
     # ----------------------------------------------------------------- Lightning steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        if self.input_noise > 0:  # Gaussian data augmentation (Cohen et al., 2019), the training of smoothing
+            generator = self.step_generator(x.device, stream=1)
+            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            x = x + self.input_noise * noise
         output, data_loss = self.data_term(x, y)
         objective = data_loss
         if self.is_regularised and self.regularise:

@@ -3,7 +3,6 @@
 from torch import Tensor
 
 from lipreg.functional import input_gradient_penalty
-from lipreg.functional.losses import per_sample_cross_entropy, per_sample_squared_error
 from lipreg.methods.base import LipRegModule, Penalty
 
 
@@ -16,5 +15,4 @@ class GradientPenalty(LipRegModule):
     """
 
     def penalty(self, x: Tensor, y: Tensor) -> Penalty:
-        per_sample = per_sample_cross_entropy if self.task == "classification" else per_sample_squared_error
-        return Penalty(input_gradient_penalty(self.net, x, y, per_sample))
+        return Penalty(input_gradient_penalty(self.net, x, y, self.task_spec.per_sample_loss))

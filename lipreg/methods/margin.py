@@ -1,20 +1,23 @@
 """Lipschitz-margin training for a target certified radius (Tsuzuku et al., 2018; Leino et al., 2021)."""
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipreg.errors import LipregError
 from lipreg.functional import lipschitz_upper_bound
+from lipreg.functional.losses import hkr_loss, lipschitz_margin_cross_entropy
 from lipreg.methods.base import LipRegModule
+
+MarginLoss = Literal["ce", "hkr"]
 
 
 class LipschitzMargin(LipRegModule):
-    """``min_θ mean CE(f(x) + ε · B[y, :], y)``: every rival logit raised by the most a perturbation of
-    norm ε can move it towards the label's (Lipschitz-margin training, Tsuzuku et al., 2018, eq. (9);
-    GloRo, Leino et al., 2021, with the class-pair bound).
+    """``min_θ mean CE(τ · (f(x) + ε · B[y, :]), y)``: every rival logit raised by the most a perturbation
+    of norm ε can move it towards the label's (Lipschitz-margin training, Tsuzuku et al., 2018, eq. (9);
+    GloRo, Leino et al., 2021, with the class-pair bound), or with ``loss: hkr`` the
+    hinge–Kantorovich–Rubinstein loss (Serrurier et al., 2021) with the class pairs' margins ``ε · B``.
 
     ``B[y, j] = ‖w_y − w_j‖₂ · L(body)`` bounds the Lipschitz constant of ``f_y − f_j`` (the last
     layer's rows over the layer-product bound of the layers below, as ``lipreg test`` certifies;
@@ -27,15 +30,23 @@ class LipschitzMargin(LipRegModule):
     Args:
         epsilon: the target L2 radius ε.
         warmup_epochs: epochs over which ε rises from ε/warmup_epochs to ε (0: ε from the start).
+        loss: ``ce`` (the Lipschitz-margin cross-entropy) or ``hkr``.
+        temperature: ``τ`` of the cross-entropy (a 1-Lipschitz network's logits cannot grow to sharpen it).
+        hkr_alpha: the weight of the hinge in the HKR loss.
     """
 
-    def __init__(self, net: nn.Module, epsilon: float = 1.58, warmup_epochs: int = 0, **kwargs: Any) -> None:
+    def __init__(self, net: nn.Module, epsilon: float = 1.58, warmup_epochs: int = 0, loss: MarginLoss = "ce",
+                 temperature: float = 1.0, hkr_alpha: float = 10.0, **kwargs: Any) -> None:
         """``kwargs``: the options every method has but λ (``task``, ``optimizer``, …; see LipRegModule)."""
         super().__init__(net, lam=0.0, **kwargs)
         self.hparams.pop("lam", None)
         if epsilon < 0 or warmup_epochs < 0:
             raise LipregError(f"need epsilon >= 0 and warmup_epochs >= 0, got {epsilon}, {warmup_epochs}")
-        if self.task != "classification":
+        if loss not in ("ce", "hkr"):
+            raise LipregError(f"LipschitzMargin loss must be 'ce' or 'hkr', got {loss!r}")
+        if temperature <= 0 or hkr_alpha < 0:
+            raise LipregError(f"need temperature > 0 and hkr_alpha >= 0, got {temperature}, {hkr_alpha}")
+        if not self.task_spec.classification:
             raise LipregError("LipschitzMargin is for classification (it raises rival logits)")
         chain = list(getattr(net, "layers", []))
         if not chain or not isinstance(chain[-1], nn.Linear):
@@ -43,6 +54,9 @@ class LipschitzMargin(LipRegModule):
                               f"{type(net).__name__} has none")
         self.epsilon = epsilon
         self.warmup_epochs = warmup_epochs
+        self.margin_loss = loss
+        self.temperature = temperature
+        self.hkr_alpha = hkr_alpha
         self.body_bound = 1.0
 
     def current_epsilon(self) -> float:
@@ -67,8 +81,10 @@ class LipschitzMargin(LipRegModule):
 
     def data_term(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         output = self.net(x)
-        raised = output + self.current_epsilon() * self.pair_bounds()[y]
-        return output, F.cross_entropy(raised, y)
+        offsets = self.current_epsilon() * self.pair_bounds()
+        if self.margin_loss == "hkr":
+            return output, hkr_loss(output, y, offsets, self.hkr_alpha)
+        return output, lipschitz_margin_cross_entropy(output, y, offsets, self.temperature)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lipreg.callbacks import EpochTimer, ProgressLine
-from lipreg.callbacks.run_monitor import _duration
 from lipreg.methods import CLIP, SumFLIP
 from lipreg.nets import MLP
+from lipreg.timing import duration as _duration
 
 
 class SlowValidation(L.LightningModule):

@@ -9,14 +9,10 @@ import torch.nn.functional as F
 import torchattacks  # the oracle; installed by the README's test command (pip install --no-deps torchattacks)
 from torch import nn
 
+from lipreg.evaluation.registry import build_attack
 from lipreg.functional import pgd
 from lipreg.functional.apgd import apgd, apgd_checkpoints, apgd_targeted
-from lipreg.functional.ensemble import (
-    EnsembleBudget,
-    ensemble_attack,
-    robust_under_ensemble,
-    worst_case_error,
-)
+from lipreg.functional.ensemble import EnsembleBudget, robust_under_ensemble, worst_case_error
 from lipreg.functional.losses import (
     dlr_loss,
     margin_loss,
@@ -128,7 +124,7 @@ def test_ensemble_reaches_the_exact_robust_accuracy_of_a_linear_classifier(epsil
     exact = 100 * (distance > epsilon).float().mean().item()
     assert 20 < exact < 80  # a radius where the answer is neither trivial nor empty
     budget = EnsembleBudget(apgd_steps=50, square_queries=500)
-    attacks = [(name, ensemble_attack(name, net, epsilon, "l2", budget, box=None,
+    attacks = [(name, build_attack(name, net, epsilon, "l2", budget, box=None,
                                       generator=torch.Generator().manual_seed(0)))
                for name in ("apgd-ce", "apgd-t", "square")]
     robust, broken_by = robust_under_ensemble(net, x, y, attacks)
@@ -152,7 +148,7 @@ def test_worst_case_error_is_the_largest_error_of_any_attack():
     x, y = torch.rand(50, 1), torch.rand(50, 1)
 
     def attack():  # the same random start each time
-        return ensemble_attack("apgd-mse", net, 0.1, "l2", EnsembleBudget(apgd_steps=20), box=None,
+        return build_attack("apgd-mse", net, 0.1, "l2", EnsembleBudget(apgd_steps=20), box=None,
                                generator=torch.Generator().manual_seed(0))
 
     worst = worst_case_error(net, x, y, [("apgd-mse", attack())])
@@ -236,11 +232,11 @@ def test_robust_accuracy_is_below_every_attack_and_matches_autoattack(short_trai
     generator = torch.Generator().manual_seed(0)
     budget = EnsembleBudget()
     names = ("apgd-ce", "apgd-t", "square")
-    robust, _ = robust_under_ensemble(net, x, y, [(n, ensemble_attack(n, net, epsilon, "l2", budget,
+    robust, _ = robust_under_ensemble(net, x, y, [(n, build_attack(n, net, epsilon, "l2", budget,
                                                                       generator=generator)) for n in names])
     ours = 100 * robust.float().mean().item()
     for name in names + ("apgd-dlr", "pgd-margin"):
-        alone = ensemble_attack(name, net, epsilon, "l2", budget, generator=generator)
+        alone = build_attack(name, net, epsilon, "l2", budget, generator=generator)
         assert ours <= accuracy(net, alone(x, y), y) + 1e-9, name
     autoattack = torchattacks.AutoAttack(net, norm="L2", eps=epsilon, version="standard", n_classes=10, seed=0)
     assert ours == pytest.approx(accuracy(net, autoattack(x, y), y), abs=1.0)

@@ -5,14 +5,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-
-def duration(seconds: float) -> str:
-    """``42 s``, ``3.5 min`` or ``1.2 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+from lipreg.timing import duration
 
 
 class EvaluationProgress:

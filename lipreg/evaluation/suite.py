@@ -1,0 +1,192 @@
+"""Scoring one chunk of test images under every attack of a plan: tensors in, tensors out, no Lightning.
+
+Work goes only where it can change the answer (classification): every attack stops on an image
+at its first adversarial iterate and keeps it; the radii run from small to large and each attacks
+only the images still robust at the radius below (an adversarial inside the smaller ball lies
+inside the larger one); the ensemble's members run in turn on the survivors; an image whose
+certified radius exceeds ε is not attacked at ε.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from lipreg.evaluation.plan import PGD_CURVES, EvaluationPlan
+from lipreg.evaluation.registry import Certifier, build_attack
+from lipreg.functional import fgsm, gaussian_noise, lipschitz_lower_bound, pgd
+from lipreg.functional.ensemble import Attack, robust_under_ensemble, worst_case_error
+from lipreg.functional.pairs import Box, noisy_pairs
+from lipreg.task import TaskSpec
+
+
+@dataclass
+class ChunkScores:
+    """Per-image scores of one chunk (``[B]`` tensors) and per-stage counts.
+
+    Attributes:
+        clean: correctness (regression: squared error) on the clean images.
+        curves: per (curve, σ or ε), the score under that attack.
+        robust: per ε, robust correctness (regression: worst-case squared error).
+        broken: per (ε, stage), how many images that stage was the first to break.
+        radius: the certified radius per image (``None`` without a certificate).
+    """
+
+    clean: Tensor
+    curves: dict[tuple[str, float], Tensor] = field(default_factory=dict)
+    robust: dict[float, Tensor] = field(default_factory=dict)
+    broken: dict[tuple[float, str], Tensor] = field(default_factory=dict)
+    radius: Tensor | None = None
+
+
+@dataclass
+class EvaluationSuite:
+    """A plan bound to a network, a task and an input range: :meth:`score` scores a chunk.
+
+    Args:
+        plan: what to attack and certify.
+        net: the network (left in its mode; parametrised weights are computed once per chunk).
+        task: the task's losses and score.
+        box: the valid input range (attacks are clamped to it; ``None``: unbounded).
+        certifier: the per-image certified radius (``None``: no certificate).
+        certifies_network: whether the certificate proves the network itself robust (then an image
+            certified beyond ε is not attacked at ε); a smoothed classifier's is not.
+        image_inputs: whether inputs are images ``[C, H, W]`` (Square needs them).
+        generator: the random draws of noise, restarts and Square.
+        stage: told the name of each stage as it starts (a progress line).
+    """
+
+    plan: EvaluationPlan
+    net: nn.Module
+    task: TaskSpec
+    box: Box | None
+    certifier: Certifier | None = None
+    certifies_network: bool = True
+    image_inputs: bool = True
+    generator: torch.Generator | None = None
+    stage: Callable[[str], None] = lambda name: None
+
+    def _scores(self, x: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.task.score(self.net(x), y)
+
+    def perturb(self, curve: str, parameter: float, x: Tensor, y: Tensor) -> Tensor:
+        """The perturbed images for one point of one curve (PGD on classification stops on each image
+        at its first adversarial iterate)."""
+        plan, loss = self.plan, self.task.per_sample_loss
+        if curve == "noise":
+            return gaussian_noise(x, parameter, self.box if plan.noise_clamp else None, self.generator)
+        if curve == "fgsm":
+            return fgsm(self.net, x, y, parameter, plan.fgsm_norm, loss, self.box)
+        step_kind = "sign" if curve == "pgd_sign" else "steepest"
+        return pgd(self.net, x, y, parameter, plan.pgd_step_size, plan.pgd_steps, plan.pgd_norm, step_kind, loss,
+                   self.box, random_start=False, restarts=plan.pgd_restarts, generator=self.generator,
+                   is_adversarial=self.task.is_adversarial)
+
+    def score(self, x: Tensor, y: Tensor) -> ChunkScores:
+        """Every score of the plan on the images ``x`` with labels ``y``."""
+        with torch.no_grad():
+            logits = self.net(x)
+        scores = ChunkScores(clean=self.task.score(logits, y))
+        if self.certifier is not None and self.task.classification:
+            scores.radius = self.certifier(x, y, logits)
+        with parametrize.cached():
+            pgd_scores = self.curve_scores(x, y, scores)
+            robust_below = None
+            for epsilon in sorted(self.plan.pgd_epsilons):
+                proven = scores.radius is not None and self.certifies_network
+                certified_here = scores.radius > epsilon if proven else None
+                robust, broken = self.robust_samples(epsilon, x, y, scores.clean, pgd_scores[epsilon], robust_below,
+                                                     certified_here)
+                scores.robust[epsilon] = robust
+                scores.broken.update({(epsilon, stage): count for stage, count in broken.items()})
+                robust_below = robust.bool() if self.task.classification else None
+        return scores
+
+    def curve_scores(self, x: Tensor, y: Tensor, scores: ChunkScores) -> dict[float, list[Tensor]]:
+        """Score every curve point into ``scores.curves``; returns the PGD columns' scores per ε.
+
+        Classification: each PGD curve runs its radii from small to large, attacking only the
+        images still correct at the radius below (the others count as broken)."""
+        pgd_scores: dict[float, list[Tensor]] = {epsilon: [] for epsilon in self.plan.pgd_epsilons}
+        for curve, parameters in self.plan.curves().items():
+            ordered = curve in PGD_CURVES and self.task.classification
+            correct = scores.clean.bool()
+            for parameter in sorted(parameters) if ordered else parameters:
+                self.stage(f"{curve} ε={parameter:g}" if curve in PGD_CURVES else f"{curve} {parameter:g}")
+                if ordered:
+                    score = torch.zeros_like(scores.clean)
+                    index = correct.nonzero().squeeze(1)
+                    if len(index):
+                        score[index] = self._scores(self.perturb(curve, parameter, x[index], y[index]), y[index])
+                    correct = score.bool()
+                else:
+                    score = self._scores(self.perturb(curve, parameter, x, y), y)
+                scores.curves[(curve, parameter)] = score
+                if curve in PGD_CURVES:
+                    pgd_scores[parameter].append(score)
+        return pgd_scores
+
+    def members(self, epsilon: float) -> list[tuple[str, Attack]]:
+        """The ensemble's attacks at ε, each announcing its stage when it starts."""
+        plan = self.plan
+
+        def staged(name: str, attack: Attack) -> Attack:
+            def run(x: Tensor, y: Tensor) -> Tensor:
+                self.stage(f"{name} ε={epsilon:g}")
+                return attack(x, y)
+
+            return run
+
+        return [(name, staged(name, build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box,
+                                                 self.generator)))
+                for name in plan.members(self.task, self.image_inputs)]
+
+    def robust_samples(self, epsilon: float, x: Tensor, y: Tensor, clean: Tensor, pgd_scores: list[Tensor],
+                       robust_below: Tensor | None,
+                       certified_here: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-image robust correctness (regression: worst-case squared error) at ε, and how many
+        images each stage broke (``clean``: misclassified already, ``pgd``: the PGD columns,
+        ``smaller ε``: broken by the ensemble at a smaller radius, which ``robust_below`` holds).
+
+        The ensemble attacks only the images that survived everything so far and are not
+        ``certified_here`` (a proven radius above ε: no attack can break them)."""
+        attacks = self.members(epsilon)
+        if not self.task.classification:
+            worst = torch.stack([clean, *pgd_scores]).amax(dim=0)
+            return worst_case_error(self.net, x, y, attacks, worst), {}
+        survived_pgd = torch.stack([clean, *pgd_scores]).amin(dim=0).bool()
+        candidates = survived_pgd if robust_below is None else survived_pgd & robust_below
+        proven = torch.zeros_like(candidates) if certified_here is None else candidates & certified_here
+        robust, broken_by = robust_under_ensemble(self.net, x, y, attacks, candidates & ~proven)
+        robust = robust | proven
+        counts = {"clean": (clean == 0).sum(), "pgd": (clean.bool() & ~survived_pgd).sum()}
+        if robust_below is not None:
+            counts["smaller ε"] = (survived_pgd & ~robust_below).sum()
+        counts.update({name: torch.tensor(count) for name, count in broken_by.items()})
+        return robust.float(), counts
+
+
+def split_scores(net: nn.Module, task: TaskSpec, x: Tensor, y: Tensor, rank: int = 0, world_size: int = 1,
+                 batch: int = 1000) -> Tensor:
+    """Per-sample scores of this process's share (batches ``rank, rank + world_size, …``) of a whole
+    split, for a mean over processes (the paper's "Train" column)."""
+    device = next(net.parameters()).device
+    scores = []
+    with torch.no_grad():
+        for start in range(rank * batch, len(x), batch * world_size):
+            xb, yb = x[start : start + batch].to(device), y[start : start + batch].to(device)
+            scores.append(task.score(net(xb), yb))
+    return torch.cat(scores) if scores else torch.zeros(0, device=device)
+
+
+def lower_bound(net: nn.Module, x: Tensor, box: Box | None, steps: int, seed: int = 0,
+                should_stop: Callable[[], bool] | None = None) -> float:
+    """The Lipschitz lower bound by adaptive pair ascent from the points ``x`` and noisy copies of
+    them (5 % of the input range), stopped early when ``should_stop`` says so (a bound after any step)."""
+    scale = 0.05 * (box[1] - box[0]) if box is not None else 0.05
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    pairs = noisy_pairs(x, scale, box=box, generator=generator)
+    return float(lipschitz_lower_bound(net, pairs, steps=steps, step_size=1.0, box=box, should_stop=should_stop))
