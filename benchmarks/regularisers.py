@@ -12,7 +12,10 @@ epochs), its ratio to its Standard baseline, the ratio of FLOPs of one training 
 pair ascent and backward, counted with ``torch.utils.flop_counter``), and time ratio / FLOP
 ratio (the FLOPs of a bf16-mixed row are counted in float32: the same arithmetic). Target: ≤ 1.3
 for every float32 method, i.e. the extra time is the extra arithmetic and not
-overhead. ``--repeats`` runs the
+overhead. The 1-Lipschitz networks of ``configs/mnist_orthogonal.yaml`` and ``mnist_aol.yaml``
+(LipschitzMargin, Adam) are compared with a ReLU network of their widths: their extra work is the
+weights' parametrisation (the Cayley map's linear solve, which ``FlopCounterMode`` does not count,
+so their time/FLOPs ratio overstates the overhead; AOL's ``WᵀW`` is counted). ``--repeats`` runs the
 methods in turn for several rounds and reports the median ratio with its range; ``--methods``
 times a subset.
 """
@@ -36,11 +39,12 @@ from lipreg.methods import (
     FGSMTraining,
     GradientPenalty,
     LipRegModule,
+    LipschitzMargin,
     Standard,
     SumFLIP,
     WeightDecay,
 )
-from lipreg.nets import MLP
+from lipreg.nets import MLP, LipschitzMLP
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +67,22 @@ def paper_net() -> MLP:
     """The network of configs/mnist_*.yaml."""
     torch.manual_seed(0)
     return MLP([784, 64, 64, 10], activation="sigmoid")
+
+
+def wide_net() -> MLP:
+    """A ReLU network of configs/mnist_orthogonal.yaml's widths, the baseline of the 1-Lipschitz rows."""
+    torch.manual_seed(0)
+    return MLP([784, 512, 512, 512, 10], activation="relu")
+
+
+def lipschitz_net(layer: str) -> LipschitzMLP:
+    """configs/mnist_orthogonal.yaml's (``orthogonal``) or mnist_aol.yaml's (``aol``) network."""
+    torch.manual_seed(0)
+    return LipschitzMLP([784, 512, 512, 512, 10], layer=layer)
+
+
+def adam(parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=1e-3)
 
 
 METHODS: dict[str, Callable[[], LipRegModule]] = {
@@ -93,6 +113,11 @@ METHODS: dict[str, Callable[[], LipRegModule]] = {
         paper_net(), lam=0.01, pair_init="heldout", step_size=0.1, adaptive_step=True, active_pairs=32,
         revisit_every=200, optimizer=sgd
     ),
+    "Standard 784-512-512-512-10 ReLU": lambda: Standard(wide_net(), optimizer=adam),
+    "LipschitzMargin, orthogonal (mnist_orthogonal.yaml)": lambda: LipschitzMargin(
+        lipschitz_net("orthogonal"), epsilon=1.58, temperature=3.0, optimizer=adam),
+    "LipschitzMargin, AOL (mnist_aol.yaml)": lambda: LipschitzMargin(lipschitz_net("aol"), epsilon=1.58,
+                                                                     optimizer=adam),
 }
 #: The same methods under ``Trainer(precision="bf16-mixed")``, against the float32 Standard baselines.
 BF16 = {"CLIP reference (500, adaptive) bf16-mixed": "CLIP reference (500, adaptive)",
@@ -103,7 +128,9 @@ BASELINES = {"Standard 784-64-64-10 sigmoid": "Standard 784-64-64-10 sigmoid",
              "CLIP mnist_clip.yaml (6,000)": "Standard 784-64-64-10 sigmoid",
              "CLIP mnist_clip.yaml (6,000) bf16-mixed": "Standard 784-64-64-10 sigmoid",
              "CLIP mnist_clip.yaml, active 300 + 1/20": "Standard 784-64-64-10 sigmoid",
-             "CLIP mnist_clip.yaml, active 32 + 1/200 (the config's default)": "Standard 784-64-64-10 sigmoid"}
+             "CLIP mnist_clip.yaml, active 32 + 1/200 (the config's default)": "Standard 784-64-64-10 sigmoid",
+             "LipschitzMargin, orthogonal (mnist_orthogonal.yaml)": "Standard 784-512-512-512-10 ReLU",
+             "LipschitzMargin, AOL (mnist_aol.yaml)": "Standard 784-512-512-512-10 ReLU"}
 
 
 def step_flops(module: LipRegModule, batch: tuple[torch.Tensor, torch.Tensor]) -> int:

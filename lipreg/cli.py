@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import lipreg.callbacks  # noqa: F401  (registers callback classes for short names in YAML)
@@ -169,6 +169,8 @@ class LipRegCLI(LightningCLI):
                             or c.filename is not None]
         if not self.config.fit.quiet and not any(isinstance(c, ProgressLine) for c in callbacks):
             callbacks.append(ProgressLine())
+        if not self.trainer.loggers:  # --trainer.logger false: a config's learning-rate monitor has nothing to log to
+            callbacks[:] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
     def after_fit(self) -> None:
         if self.config.fit.quiet:

@@ -27,7 +27,8 @@ def test_regulariser_benchmark_prints_a_row_per_method(data_dir: Path):
     out = run_benchmark("regularisers.py", "--data-dir", str(data_dir), "--limit-batches", "2")
     table = out.split("ratios to Standard")[1]
     for method in ("Standard", "CLIP", "SumFLIP", "TV", "pTV", "WeightDecay", "FGSMTraining", "PGD training (10 steps)",
-                   "GradientPenalty", "Standard, spectral norm"):
+                   "GradientPenalty", "Standard, spectral norm", "LipschitzMargin, orthogonal (mnist_orthogonal.yaml)",
+                   "LipschitzMargin, AOL (mnist_aol.yaml)"):
         assert re.search(rf"^{re.escape(method)}\s+\d+\.\d+", table, re.MULTILINE), out
 
 

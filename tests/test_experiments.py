@@ -11,6 +11,7 @@ from experiments import (
     active_pairs,
     attack_ensemble,
     certificates,
+    certified_table,
     checkpoint_choice,
     flip_comparison,
     regression_figure2,
@@ -144,3 +145,13 @@ def test_the_active_pair_study_summarises_arms_over_seeds_and_certificates_read_
     for radius in certificates.RADII:  # the class-pair certificate is never below the global one
         assert row["class_pair"][f"{radius:g}"] >= row["global"][f"{radius:g}"]
     assert row["mean_radius_class_pair"] >= row["mean_radius_global"]
+    checkpoint = first["checkpoint"]
+    rows = certified_table.main(["--data-dir", str(data_dir), "--images", "12", "--samples", "50",
+                                 "--work", str(tmp_path / "table"), "--out", str(tmp_path / "table.json"),
+                                 f"CLIP={checkpoint}", f"CLIP={checkpoint}@smoothing"])
+    pair, smoothed = rows
+    assert pair["images"] == smoothed["images"] == 12 and pair["robust"] == smoothed["robust"]
+    for radius in certified_table.RADII:  # a certificate of the network never exceeds what the attacks leave
+        assert pair["certified"][radius] <= pair["robust"][radius] + 1e-9
+    text = (tmp_path / "table.md").read_text()
+    assert "| CLIP | class pair |" in text and "| CLIP | smoothing σ=0.25 |" in text

@@ -4,12 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from lipreg.callbacks import CertifiedValidation
 from lipreg.errors import LipregError
 from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, noisy_pairs
-from lipreg.functional.bounds import class_pair_bounds, layer_operator_norm
-from lipreg.methods import LipschitzMargin
+from lipreg.functional.bounds import certified_radius, class_pair_bounds, layer_operator_norm
+from lipreg.methods import LipschitzMargin, Standard
 from lipreg.nets import MLP, LipschitzCNN, LipschitzMLP, MaxMin, plain_layers
 from lipreg.nets.lipschitz import lipschitz_conv
+
+from .helpers import BlobsDataModule, quiet_trainer
 
 
 @pytest.mark.parametrize("layer", ["orthogonal", "aol"])
@@ -115,3 +118,32 @@ def test_a_lipschitz_cnn_is_one_lipschitz_and_certifies_with_its_own_bound():
     assert lower <= upper <= 1 + 1e-5
     channels = MaxMin()(torch.randn(2, 4, 3, 3))
     assert torch.equal(channels[:, :2], channels[:, :2].maximum(channels[:, 2:]))  # maxima first, per channel pair
+
+
+def test_certified_validation_logs_the_certificate_of_the_current_weights():
+    torch.manual_seed(0)
+    net = LipschitzMLP([2, 16, 3], layer="orthogonal")
+    module = LipschitzMargin(net, epsilon=0.05, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+    data = BlobsDataModule()
+    trainer = quiet_trainer(max_epochs=2, callbacks=[CertifiedValidation(radii=[0.01, 0.05, 0.2])])
+    trainer.fit(module, data)
+    logged = {r: float(trainer.callback_metrics[f"val/certified_acc@{r:g}"]) for r in (0.01, 0.05, 0.2)}
+    x, y = data.splits.val
+    with torch.no_grad():
+        radius = certified_radius(net(x), y, class_pair_bounds(net.layers, (2,)))
+    for r, value in logged.items():
+        assert value == pytest.approx((radius > r).float().mean().item(), abs=1e-6)
+    assert logged[0.01] >= logged[0.05] >= logged[0.2] and logged[0.01] > 0.5
+    assert float(trainer.callback_metrics["val/mean_certified_radius"]) == pytest.approx(radius.mean().item(), rel=1e-5)
+    with pytest.raises(LipregError, match="no certificate"):
+        quiet_trainer(max_epochs=1, callbacks=[CertifiedValidation()]).fit(
+            Standard(_NoLayers()), data)
+
+
+class _NoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)

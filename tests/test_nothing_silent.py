@@ -270,3 +270,13 @@ def test_checkpoints_survive_sigkill_at_random_moments(tmp_path: Path):
     process.kill()
     process.communicate(timeout=60)
     assert reached > 0
+
+
+def test_fit_without_a_logger_drops_the_configs_learning_rate_monitor(tmp_path: Path):
+    """``--trainer.logger false`` with a config that monitors the learning rate trains instead of failing
+    in LearningRateMonitor ("no logger")."""
+    cli = run(["fit", "--config", REGRESSION, "--trainer.max_epochs", "1", "--trainer.logger", "false", "--quiet",
+               "true", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"])
+    assert cli.trainer.current_epoch == 1
+    assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)

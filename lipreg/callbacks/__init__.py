@@ -1,6 +1,7 @@
 """Thin callbacks that drive the schedules of the functional core and save their own state."""
 
 from lipreg.callbacks.agreement import ProcessAgreement
+from lipreg.callbacks.certified_validation import CertifiedValidation
 from lipreg.callbacks.divergence_guard import DivergenceGuard
 from lipreg.callbacks.epoch_timer import EpochTimer
 from lipreg.callbacks.insight import PairSetImages, UpperBoundTracking
@@ -13,6 +14,7 @@ from lipreg.callbacks.robustness import RobustnessEvaluation
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
 
 __all__ = [
+    "CertifiedValidation",
     "DivergenceGuard",
     "EpochTimer",
     "EpsilonDecay",
