@@ -26,6 +26,7 @@ from lipreg.callbacks import (
     PredictionWriter,
     ProgressLine,
     RobustnessEvaluation,
+    StopOnRequest,
     TestProgress,
 )
 from lipreg.cli_parser import LipRegArgumentParser, raise_from_chain
@@ -33,6 +34,8 @@ from lipreg.devices import use_exact_float32
 from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
 from lipreg.runs import AtomicCheckpointIO, claimed_logger, placed_logger, resume_logger, run_directory
+from lipreg.stopping import clear as clear_stop_request
+from lipreg.stopping import request_stop
 
 # Two warnings of the installed Lightning that say nothing to a lipreg user: its pytree helper uses
 # an API that torch 2.14 deprecates, and lipreg logs training metrics once an epoch, so the advice
@@ -154,7 +157,13 @@ class LipRegCLI(LightningCLI):
             raise
 
     # ----------------------------------------------------------------- subcommands
+    def _stop_on_request(self) -> None:
+        """Every run takes a SIGTERM's stop at its next batch boundary (``StopOnRequest``)."""
+        if not any(isinstance(c, StopOnRequest) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(StopOnRequest())
+
     def before_fit(self) -> None:
+        self._stop_on_request()
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make every checkpoint write atomic
             strategy.checkpoint_io = AtomicCheckpointIO()
@@ -180,11 +189,13 @@ class LipRegCLI(LightningCLI):
             print(fit_summary(self.trainer, log_dir, self.config.fit.get("config")))
 
     def before_test(self) -> None:
+        self._stop_on_request()
         self._drop_checkpointing()
         if not self.config.test.quiet and not any(isinstance(c, TestProgress) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(TestProgress())
 
     def before_validate(self) -> None:
+        self._stop_on_request()
         self._drop_checkpointing()
 
     def test(self, **kwargs: Any) -> None:
@@ -193,6 +204,7 @@ class LipRegCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """``lipreg predict`` writes ``predictions.pt`` unless the config brings its own writer."""
+        self._stop_on_request()
         self._drop_checkpointing()
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
@@ -370,6 +382,7 @@ def main(args: ArgsType = None) -> None:
         # `python -m lipreg` finds a user's own module (`class_path: my_regularisers.LogitSquare`) in the
         # working directory; the console script would not
         sys.path.insert(0, os.getcwd())
+    clear_stop_request()
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         run(args)
@@ -384,11 +397,13 @@ def main(args: ArgsType = None) -> None:
 def stop_on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM (what ``timeout`` and batch schedulers send) stops a run as Ctrl-C does.
 
-    Lightning's own handler only notes the signal and stops at the next batch boundary (a test
-    batch takes minutes); this one raises ``KeyboardInterrupt`` at once, so ``fit`` saves its
-    resumable ``latest-…`` checkpoint and ``test`` marks its folder incomplete. Lightning keeps it
-    in its chain of handlers. A second SIGTERM during that shutdown is ignored.
+    Lightning's own handler only notes the signal and stops at the end of the epoch or the test
+    batch (a test batch takes minutes); this one asks for a stop (:mod:`lipreg.stopping`) that the
+    run takes at its next safe point (a batch boundary, a step of an attack), by raising
+    ``KeyboardInterrupt`` there, so ``fit`` saves its resumable ``latest-…`` checkpoint and ``test``
+    marks its folder incomplete. Lightning keeps it in its chain of handlers. A second SIGTERM
+    during that shutdown is ignored.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("lipreg: received SIGTERM, stopping as on Ctrl-C", file=sys.stderr, flush=True)
-    raise KeyboardInterrupt
+    request_stop("SIGTERM")

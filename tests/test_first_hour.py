@@ -223,10 +223,10 @@ def test_compare_labels_runs_by_method_checkpoint_and_what_differs_sorted_with_u
         _fake_result(tmp_path, f"version_{version}/test/best-epoch=3", "CLIP",
                      f"/r/version_{version}/best-epoch=3.ckpt", target, 0.3)
     _fake_result(tmp_path, "version_20/test/x", "Standard", None, 0.9, 0.1)
-    names = [r["name"] for r in load_results(tmp_path)]
+    names = [r.name for r in load_results(tmp_path)]
     assert names == ["CLIP best-epoch=3 target=0.85", "CLIP best-epoch=3 target=0.9",
                      "CLIP best-epoch=3 target=0.95", "Standard (untrained)"]
-    assert [r["untrained"] for r in load_results(tmp_path)] == [False, False, False, True]
+    assert [r.untrained for r in load_results(tmp_path)] == [False, False, False, True]
 
 
 def test_accuracy_plots_run_from_0_to_100_percent_with_a_legend_in_every_panel(tmp_path: Path):
@@ -395,7 +395,7 @@ def test_compare_takes_several_directories_and_names_a_missing_one(tmp_path: Pat
     _fake_result(tmp_path / "second", "run", "CLIP", "/r/best-1.ckpt", 0.9, 0.4)
     config = tmp_path / "second" / "run" / "config.yaml"  # a `lipreg test` run's own flag is no difference
     config.write_text(config.read_text() + "verbose: true\n")
-    names = [r["name"] for r in load_results(tmp_path / "first", tmp_path / "second")]
+    names = [r.name for r in load_results(tmp_path / "first", tmp_path / "second")]
     assert names == ["CLIP best-1 [first/run]", "CLIP best-1 [second/run]"]
     run(["compare", str(tmp_path / "first"), str(tmp_path / "second")])
     assert (tmp_path / "first" / "robust_vs_clean.png").is_file()

@@ -147,3 +147,13 @@ class _NoLayers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+
+def test_aol_layers_start_orthogonal_so_square_ones_keep_every_norm():
+    torch.manual_seed(0)
+    net = LipschitzMLP([32, 32, 32, 10], layer="aol")
+    square = [m for m in net.modules() if isinstance(m, nn.Linear) and m.in_features == m.out_features]
+    assert len(square) == 2
+    for layer in square:
+        singular = torch.linalg.svdvals(layer.weight.double())
+        assert torch.allclose(singular, torch.ones_like(singular), atol=1e-5)  # the rescaling is the identity here

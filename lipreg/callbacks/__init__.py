@@ -12,6 +12,7 @@ from lipreg.callbacks.progress_lines import ProgressLine, TestProgress
 from lipreg.callbacks.regression_plot import RegressionPlot
 from lipreg.callbacks.robustness import RobustnessEvaluation
 from lipreg.callbacks.schedules import EpsilonDecay, LambdaDiscrepancy, Warmup
+from lipreg.callbacks.stop_on_request import StopOnRequest
 
 __all__ = [
     "CertifiedValidation",
@@ -27,6 +28,7 @@ __all__ = [
     "ProgressLine",
     "RegressionPlot",
     "RobustnessEvaluation",
+    "StopOnRequest",
     "TestProgress",
     "UpperBoundTracking",
     "Warmup",

@@ -1,5 +1,6 @@
 """Always a checkpoint to resume from: the newest finite weights."""
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -26,6 +27,8 @@ class LatestCheckpoint(ModelCheckpoint):
                  filename: str = "latest-{epoch}-{step}") -> None:
         super().__init__(dirpath=dirpath, filename=filename, every_n_epochs=every_n_epochs,
                          save_on_train_epoch_end=True)
+        self.every = every_n_epochs
+        self.saved_step: int | None = None
         # Lightning reads ``state_key`` at every hook call; ModelCheckpoint rebuilds it from its settings
         # each time, and these settings never change
         self._state_key = super().state_key
@@ -36,24 +39,44 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        """Nothing: this checkpoint is never saved within an epoch (ModelCheckpoint's step bookkeeping is skipped)."""
+        """Nothing: this checkpoint is never saved within an epoch."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: this checkpoint is saved at the end of training epochs, validated or not."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if parameters_finite(pl_module):
-            super().on_train_epoch_end(trainer, pl_module)
+        if not trainer.fast_dev_run and (trainer.current_epoch + 1) % self.every == 0:
+            self.save_latest(trainer, pl_module)
 
-    def _save_now(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        if self._last_global_step_saved == trainer.global_step or not parameters_finite(pl_module):
+    def save_latest(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Save the current weights (unless this step is saved already or a weight is not finite) and
+        remove the previous latest checkpoint of this run; returns whether it saved. Only Lightning's
+        public checkpoint API is used (``format_checkpoint_name``, ``Trainer.save_checkpoint``,
+        ``Strategy.remove_checkpoint``)."""
+        if self.saved_step == trainer.global_step or not parameters_finite(pl_module):
             return False
-        candidates = self._monitor_candidates(trainer)
         # after the last epoch Lightning's epoch counter is already one past it: name the epoch trained
-        started = trainer.fit_loop.epoch_progress.current.started
-        candidates["epoch"] = torch.tensor(max(started - 1, 0))
-        self._save_none_monitor_checkpoint(trainer, candidates)
+        epoch = max(trainer.fit_loop.epoch_progress.current.started - 1, 0)
+        path = self.format_checkpoint_name({"epoch": torch.tensor(epoch), "step": torch.tensor(trainer.global_step)})
+        previous, self.best_model_path = self.best_model_path, path  # part of the saved state
+        trainer.save_checkpoint(path, self.save_weights_only)
+        self.saved_step = trainer.global_step
+        if previous and self._own_earlier_file(trainer, previous, path):
+            trainer.strategy.remove_checkpoint(previous)
         return True
 
+    def _own_earlier_file(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        """Whether ``previous`` is this run's earlier latest file: in this checkpoint's folder, not the
+        file just written, and not the checkpoint the run resumed from (kept, as Lightning keeps it)."""
+        previous_path = Path(previous).absolute()
+        if previous == current or self.dirpath is None:
+            return False
+        if trainer.ckpt_path is not None and previous_path == Path(trainer.ckpt_path).absolute():
+            return False
+        return Path(self.dirpath).absolute() in previous_path.parents
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save_now(trainer, pl_module)
+        self.save_latest(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, KeyboardInterrupt):
@@ -66,5 +89,5 @@ class LatestCheckpoint(ModelCheckpoint):
             rank_zero_only(print)(f"interrupted: under DDP no checkpoint is saved at the interrupt; the latest is "
                                   f"{latest}", flush=True)
             return
-        if self._save_now(trainer, pl_module):
+        if self.save_latest(trainer, pl_module):
             rank_zero_only(print)(f"interrupted: saved {self.best_model_path}", flush=True)

@@ -27,6 +27,7 @@ from lipreg.functional.attacks import Norm
 from lipreg.functional.progress import reporting
 from lipreg.methods.base import LipRegModule, epoch_mean
 from lipreg.report import RESULT_FILE, format_table, publish_result, robustness_figure
+from lipreg.stopping import stop_if_requested
 
 #: The file that marks a results folder whose ``lipreg test`` did not finish.
 INCOMPLETE_MARKER = "INCOMPLETE"
@@ -191,9 +192,14 @@ class RobustnessEvaluation(L.Callback):
         self.scores.count_test_samples(len(x), x.device)
         for x_chunk, y_chunk in self.schedule.chunks(x, y):
             self.progress.begin_batch(len(x_chunk))
-            with reporting(self.progress.tick):
+            with reporting(self._heartbeat):
                 self.scores.add(self.suite.score(x_chunk, y_chunk))
             self.progress.end_batch()
+
+    def _heartbeat(self) -> None:
+        """Every attack step: a SIGTERM's stop is taken here (``lipreg.stopping``), then the progress line."""
+        stop_if_requested()
+        self.progress.tick()
 
     def build_result(self, trainer: L.Trainer, module: LipRegModule, finished: bool = True) -> RobustnessResult:
         """The result of the chunks done; ``finished=False`` (an interrupted test) leaves out the

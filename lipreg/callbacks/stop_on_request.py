@@ -1,0 +1,33 @@
+"""Taking a stop asked for by a signal (``lipreg.stopping``) at the next batch boundary."""
+
+from typing import Any
+
+import lightning as L
+
+from lipreg.stopping import stop_if_requested
+
+
+class StopOnRequest(L.Callback):
+    """Raises ``KeyboardInterrupt`` at the first batch boundary after ``lipreg.stopping.request_stop``
+    (SIGTERM under ``lipreg``), so the run stops as on Ctrl-C but never from inside a logger's
+    queue. ``lipreg`` adds it to every run."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        stop_if_requested()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop_if_requested()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        stop_if_requested()
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        stop_if_requested()
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        stop_if_requested()
