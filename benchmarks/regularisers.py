@@ -129,6 +129,7 @@ BASELINES = {"Standard 784-64-64-10 sigmoid": "Standard 784-64-64-10 sigmoid",
              "CLIP mnist_clip.yaml (6,000) bf16-mixed": "Standard 784-64-64-10 sigmoid",
              "CLIP mnist_clip.yaml, active 300 + 1/20": "Standard 784-64-64-10 sigmoid",
              "CLIP mnist_clip.yaml, active 32 + 1/200 (the config's default)": "Standard 784-64-64-10 sigmoid",
+             "Standard 784-512-512-512-10 ReLU": "Standard 784-512-512-512-10 ReLU",
              "LipschitzMargin, orthogonal (mnist_orthogonal.yaml)": "Standard 784-512-512-512-10 ReLU",
              "LipschitzMargin, AOL (mnist_aol.yaml)": "Standard 784-512-512-512-10 ReLU"}
 
