@@ -178,3 +178,24 @@ def test_a_suite_scores_a_chunk_without_lightning():
     assert scores.radius is not None and not math.isnan(float(scores.radius.sum()))
     counts = {stage: int(count) for (epsilon, stage), count in scores.broken.items() if epsilon == 0.3}
     assert sum(counts.values()) == 20 - int(scores.robust[0.3].sum())
+
+
+LAYERS = {  # a package and the lipreg packages it must not import (those above it)
+    "functional": ("lipreg.task", "lipreg.evaluation", "lipreg.methods", "lipreg.callbacks", "lipreg.report",
+                   "lipreg.cli", "lipreg.data", "lipreg.nets"),
+    "evaluation": ("lipreg.methods", "lipreg.callbacks", "lipreg.report", "lipreg.cli", "lipreg.data"),
+    "report": ("lipreg.methods", "lipreg.callbacks", "lipreg.cli", "lipreg.data"),
+}
+
+
+@pytest.mark.parametrize("package", list(LAYERS))
+def test_no_layer_imports_one_above_it(package: str):
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "lipreg" / package
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        upward = [name for name in imported if name.startswith(LAYERS[package])]
+        assert not upward, f"{path.name} imports {upward}"
