@@ -47,13 +47,17 @@ def _place_legends(figure: "Figure", axes: Sequence[Any], runs: int) -> None:
     (the figure grows by its height), then a tight layout."""
     if runs <= LEGEND_PER_PANEL:
         for axis in axes:
-            axis.legend(fontsize="x-small")
+            if axis.get_legend_handles_labels()[0]:  # a panel without curves (a test without attacks) has none
+                axis.legend(fontsize="x-small")
         figure.tight_layout()
         return
     labelled = {}
     for axis in axes:
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
+    if not labelled:
+        figure.tight_layout()
+        return
     columns = 1 if max(len(label) for label in labelled) > 60 else 2
     rows = -(-len(labelled) // columns)
     legend_height = 0.3 + 0.2 * rows
