@@ -5,8 +5,10 @@ import importlib
 import inspect
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -43,33 +45,68 @@ def closest(name: str, candidates: list[str]) -> str | None:
     return found[0] if found else None
 
 
-def suggestion(message: str, options: list[str], argv: list[str]) -> str:
-    """``did you mean …?`` for the misspelt option of an argument error, or ``""``."""
-    unknown = re.search(r"[Uu]nrecognized arguments: (--[\w.\-]+)", message)
-    if unknown:
-        name = unknown.group(1)
-        match = closest(name, options)
-        return f"--{match.lstrip('-')}" if match else ""
-    nested = re.search(r"Problem with given class_path '([\w.]+)'", message)
-    key = re.search(r"NestedArg\(key='([\w.]+)'|Option '([\w.]+)' is not accepted|Key '([\w.]+)'", message)
-    group = re.search(r'Parser key "([\w.]+)"', message)
-    if nested and key and group:
-        wrong = next(k for k in key.groups() if k)
-        match = closest(wrong.rsplit(".", 1)[-1], class_options(nested.group(1)))
-        if match:
-            prefix = group.group(1)
-            written = next((a for a in argv if a.startswith(f"--{prefix}.") and a.endswith(wrong)), "")
-            init = ".init_args" if ".init_args." in written or not written else ""
-            return f"--{prefix}{init}.{match}"
-    return ""
+def _value_after(words: list[str], option: str) -> str | None:
+    """The value given to ``option`` on the command line (``--opt VALUE`` or ``--opt=VALUE``), the last one."""
+    found = None
+    for index, word in enumerate(words):
+        if word == option and index + 1 < len(words):
+            found = words[index + 1]
+        elif word.startswith(f"{option}="):
+            found = word.split("=", 1)[1]
+    return found
 
 
-def unaccepted_option(message: str) -> str | None:
-    """``CLIP has no option 'lamm'`` for jsonargparse's report of an option a class does not take."""
-    nested = re.search(r"Problem with given class_path '([\w.]+)'", message)
-    key = re.search(r"Option '([\w.]+)' is not accepted|NestedArg\(key='([\w.]+)'", message)
-    if nested and key:
-        return f"{nested.group(1).rsplit('.', 1)[-1]} has no option '{next(k for k in key.groups() if k)}'"
+def group_class(words: list[str], group: str) -> str | None:
+    """The class path of a class-valued option group (``model``, ``data``, …): from the command line, else
+    from the ``--config`` files, the last one that names it; short names resolve in ``lipreg.methods`` / ``data``."""
+    named = _value_after(words, f"--{group}") or _value_after(words, f"--{group}.class_path")
+    if named is None and "." not in group:
+        for index, word in enumerate(words):
+            path = words[index + 1] if word == "--config" and index + 1 < len(words) else None
+            if path is None and word.startswith("--config="):
+                path = word.split("=", 1)[1]
+            try:
+                config = yaml.safe_load(Path(path).read_text()) if path else None
+            except (OSError, yaml.YAMLError):
+                config = None
+            section = config.get(group) if isinstance(config, dict) else None
+            if isinstance(section, dict) and section.get("class_path"):
+                named = str(section["class_path"])
+    if named is None or "." in named:
+        return named
+    return {"model": f"lipreg.methods.{named}", "data": f"lipreg.data.{named}"}.get(group, named)
+
+
+def misspelt_option(words: list[str], options: list[str]) -> tuple[str, str | None, str | None] | None:
+    """The first option on the command line that the parser does not take: ``(as written, the closest valid
+    option or None, the class that lacks it or None)``.
+
+    Found from the command line, the parser's own option names and the classes' signatures (the
+    ``init_args`` of a class-valued group such as ``--model``), not from the text of jsonargparse's
+    error, which a jsonargparse release may reword.
+    """
+    known = set(options)
+    for word in words:
+        if not word.startswith("--"):
+            continue
+        written = word.split("=", 1)[0].removesuffix("+")  # --trainer.callbacks+=…
+        if written in known:
+            continue
+        parts = written[2:].split(".")
+        groups = [".".join(parts[:n]) for n in range(len(parts) - 1, 0, -1) if f"--{'.'.join(parts[:n])}.help" in known]
+        if groups:  # inside a class-valued option (--model, --trainer.logger …): the class's signature says
+            group = groups[0]
+            rest = written[len(group) + 3 :]
+            key = rest.removeprefix("init_args.")
+            class_path = group_class(words, group)
+            accepted = class_options(class_path) if class_path else []
+            if "." in key or not accepted or key in accepted:
+                continue  # deeper nesting or an unknown class: jsonargparse's own message stands
+            match = closest(key, accepted)
+            init = ".init_args" if rest.startswith("init_args.") else ""
+            return written, (f"--{group}{init}.{match}" if match else None), class_path.rsplit(".", 1)[-1]
+        match = closest(written, options)
+        return written, (f"--{match.lstrip('-')}" if match else None), None
     return None
 
 
@@ -101,16 +138,26 @@ class LipRegArgumentParser(LightningArgumentParser):
         kwargs.setdefault("formatter_class", LipRegHelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:
+        """jsonargparse's parsing; the words parsed are kept, so an error can name the misspelt option."""
+        given = args[0] if args else kwargs.get("args")
+        self.given_words = [str(word) for word in (sys.argv[1:] if given is None else given)]
+        return super().parse_args(*args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
         if not self.exit_on_error:
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         command = parser.prog.replace(" [options]", "")
         options = list(parser._option_string_actions)
-        hint = suggestion(message, options, sys.argv[1:])
-        text = one_line(unaccepted_option(message) or message)
-        if hint:
-            text += f"; did you mean {hint}?"
+        found = misspelt_option(getattr(self, "given_words", sys.argv[1:]), options)
+        text = one_line(message)
+        if found is not None:
+            written, hint, owner = found
+            name = written.rsplit(".", 1)[-1]
+            text = f"{owner} has no option '{name}'" if owner else f"unrecognized option {written}"
+            if hint:
+                text += f"; did you mean {hint}?"
         sys.stderr.write(f"lipreg: error: {text}\n(the options: {command} --help)\n")
         sys.exit(2)
 

@@ -404,3 +404,24 @@ def test_compare_takes_several_directories_and_names_a_missing_one(tmp_path: Pat
         run(["compare", str(tmp_path / "first"), str(tmp_path / "nowhere")])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == f"lipreg compare: error: no such directory: {tmp_path / 'nowhere'}"
+
+
+def test_the_misspelt_option_is_found_from_the_command_line_not_from_the_error_text(tmp_path: Path):
+    """jsonargparse may reword its errors: the option is found from the words and the signatures."""
+    from lipreg.cli_parser import misspelt_option
+
+    options = ["--config", "--trainer", "--trainer.max_epochs", "--trainer.logger", "--trainer.logger.help",
+               "--model", "--model.help", "--data", "--data.help"]
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  class_path: lipreg.methods.CLIP\ndata:\n  class_path: MNISTDataModule\n")
+    words = ["fit", "--config", str(config), "--trainer.max_epochs", "3"]
+    assert misspelt_option([*words, "--model.init_args.num_pair", "5"], options) == (
+        "--model.init_args.num_pair", "--model.init_args.num_pairs", "CLIP")
+    assert misspelt_option([*words, "--data.batchsize=3"], options) == (
+        "--data.batchsize", "--data.batch_size", "MNISTDataModule")  # a short class name, resolved
+    standard = misspelt_option([*words, "--model", "Standard", "--model.init_args.num_pairs", "5"], options)
+    assert standard[2] == "Standard"  # the command line's class beats the config's
+    assert misspelt_option([*words, "--trainer.max_epochz", "3"], options)[:2] == (
+        "--trainer.max_epochz", "--trainer.max_epochs")
+    assert misspelt_option([*words, "--trainer.logger.init_args.save_dir", "x"], options) is None  # dynamic: left
+    assert misspelt_option([*words, "--model.init_args.lam", "0.1"], options) is None

@@ -87,6 +87,11 @@ class RobustnessEvaluation(L.Callback):
             = n₀ and ``smoothing_samples`` = n noisy copies of std ``smoothing_sigma``, failure
             probability ``smoothing_alpha`` per image; a probabilistic certificate of the smoothed
             classifier, for any network, labelled so in the table).
+        smoothing_sigma: the noise std σ of the smoothing certificate.
+        smoothing_selection: n₀, the noisy copies that choose the smoothed prediction.
+        smoothing_samples: n, the noisy copies that bound its probability (the largest radius it can
+            certify is σ·Φ⁻¹(α^{1/n})).
+        smoothing_alpha: α, the failure probability per image.
         progress_every: seconds between progress lines (0: none).
         time_budget: minutes the evaluation may take (null: no limit). The first ``sample_size``
             test images (all when null) are attacked in turn, in chunks, until the next chunk would
