@@ -160,7 +160,7 @@ class LipRegCLI(LightningCLI):
     def _stop_on_request(self) -> None:
         """Every run takes a SIGTERM's stop at its next batch boundary (``StopOnRequest``)."""
         if not any(isinstance(c, StopOnRequest) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(StopOnRequest())
+            self.trainer.callbacks.insert(0, StopOnRequest())
 
     def before_fit(self) -> None:
         self._stop_on_request()

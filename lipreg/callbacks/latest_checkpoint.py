@@ -89,5 +89,6 @@ class LatestCheckpoint(ModelCheckpoint):
             rank_zero_only(print)(f"interrupted: under DDP no checkpoint is saved at the interrupt; the latest is "
                                   f"{latest}", flush=True)
             return
-        if self.save_latest(trainer, pl_module):
+        self.save_latest(trainer, pl_module)
+        if self.saved_step == trainer.global_step:  # saved now, or already at this step's epoch end
             rank_zero_only(print)(f"interrupted: saved {self.best_model_path}", flush=True)

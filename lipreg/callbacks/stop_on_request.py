@@ -10,7 +10,8 @@ from lipreg.stopping import stop_if_requested
 class StopOnRequest(L.Callback):
     """Raises ``KeyboardInterrupt`` at the first batch boundary after ``lipreg.stopping.request_stop``
     (SIGTERM under ``lipreg``), so the run stops as on Ctrl-C but never from inside a logger's
-    queue. ``lipreg`` adds it to every run."""
+    queue. ``lipreg`` puts it first in every run's callbacks, so the stop comes before an epoch's
+    end-of-epoch work, and before Lightning's own SIGTERM flag could end the run as if it had finished."""
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -19,6 +20,9 @@ class StopOnRequest(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         stop_if_requested()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stop_if_requested()  # before the loop ends the run as finished (Lightning's own SIGTERM flag)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
