@@ -13,13 +13,13 @@ columns are proven lower bounds of the robust accuracy, the second never below t
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 
 import lightning as L
 import torch
 import yaml
 
+from experiments.common import write_rows
 from lipreg.functional import lipschitz_upper_bound, logit_margin
 from lipreg.functional.bounds import certified_radius, class_pair_bounds
 from lipreg.methods.base import LipRegModule
@@ -91,12 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON (and .md beside it)")
     args = parser.parse_args(argv)
     rows = [certify(checkpoint, args.data_dir) for checkpoint in args.checkpoints]
-    text = markdown(rows)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
-        args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_rows(args.out, rows, markdown(rows))
     return rows
 
 

@@ -14,11 +14,11 @@ epoch).
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from experiments.common import write_rows
 from lipreg.cli import run
 from lipreg.evaluation import RobustnessResult
 from lipreg.runs import run_directory
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         checkpoint, _, certificate = rest.partition("@")
         attacked = next((row for row in rows if row["checkpoint"] == checkpoint), None)
         rows.append(test_row(name, Path(checkpoint), certificate or "class-pair", args, attacked))
-    text = markdown(rows)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
-        args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_rows(args.out, rows, markdown(rows))
     return rows
 
 

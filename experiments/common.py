@@ -1,5 +1,6 @@
 """Helpers shared by the experiment scripts: build a configured run, find its callbacks."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -66,6 +67,16 @@ def divergences(results: dict[str, dict]) -> str:
     """A line per row whose training diverged (after the table), naming where; empty when none did."""
     return "".join(f"\n{name}: {row['diverged']} (tested: its best checkpoint before that)\n"
                    for name, row in results.items() if row.get("diverged"))
+
+
+def write_rows(out: Path | None, rows: list[dict], text: str) -> None:
+    """An experiment's rows as JSON at ``out`` and its markdown table beside it (``.md``), if ``out`` is given;
+    the table is printed either way."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+        out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 def publish(path: Path, text: str) -> None:

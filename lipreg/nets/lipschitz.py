@@ -96,6 +96,14 @@ def lipschitz_linear(n_in: int, n_out: int, kind: LayerKind) -> nn.Linear:
     raise ValueError(f"unknown layer kind {kind!r}; choose 'orthogonal' or 'aol'")
 
 
+def dense_chain(widths: Sequence[int], kind: LayerKind) -> list[nn.Module]:
+    """``(1-Lipschitz Linear → MaxMin)* → 1-Lipschitz Linear`` through ``widths`` (no activation after the last)."""
+    chain: list[nn.Module] = []
+    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+        chain += [lipschitz_linear(n_in, n_out, kind), MaxMin()]
+    return chain[:-1]
+
+
 class LipschitzMLP(nn.Module):
     """``Normalize → Flatten → (1-Lipschitz Linear → MaxMin)* → 1-Lipschitz Linear``: a network whose
     L2 Lipschitz constant is at most ``1 / std`` by construction, whatever the weights.
@@ -118,12 +126,7 @@ class LipschitzMLP(nn.Module):
         super().__init__()
         if len(widths) < 2 or any(w < 1 for w in widths) or any(w % 2 for w in widths[1:-1]):
             raise ValueError(f"widths needs an input and an output size, even hidden widths; got {list(widths)}")
-        layers: list[nn.Module] = [Normalize(mean, std), nn.Flatten()]
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers.append(lipschitz_linear(n_in, n_out, layer))
-            if i < len(widths) - 2:
-                layers.append(MaxMin())
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(Normalize(mean, std), nn.Flatten(), *dense_chain(widths, layer))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -163,13 +166,7 @@ class LipschitzCNN(nn.Module):
         for n_out, stride in zip(channels, strides, strict=True):
             layers += [lipschitz_conv(n_in, n_out, 3 if stride == 1 else 4, stride), MaxMin()]
             n_in, height, width = n_out, height // stride, width // stride
-        layers.append(nn.Flatten())
-        features = [n_in * height * width, *widths]
-        for i, (a, b) in enumerate(zip(features[:-1], features[1:], strict=True)):
-            layers.append(lipschitz_linear(a, b, layer))
-            if i < len(features) - 2:
-                layers.append(MaxMin())
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(*layers, nn.Flatten(), *dense_chain([n_in * height * width, *widths], layer))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
