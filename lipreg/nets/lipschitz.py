@@ -85,7 +85,7 @@ def lipschitz_linear(n_in: int, n_out: int, kind: LayerKind) -> nn.Linear:
 
     The AOL layer starts from an orthogonal weight (``nn.init.orthogonal_``), where the rescaling is
     the identity for square layers: from PyTorch's default initialisation the rescaled layers
-    shrink the signal so much that margin training stalled at 20 % accuracy in a trial (README)."""
+    shrink the signal instead."""
     layer = nn.Linear(n_in, n_out)
     if kind == "orthogonal":
         return parametrizations.orthogonal(layer, orthogonal_map="cayley")
