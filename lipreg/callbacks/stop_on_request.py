@@ -24,6 +24,9 @@ class StopOnRequest(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stop_if_requested()  # before the loop ends the run as finished (Lightning's own SIGTERM flag)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stop_if_requested()  # the loop ended on Lightning's own SIGTERM flag: still an interrupt, not a finished run
+
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         stop_if_requested()
