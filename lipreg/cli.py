@@ -35,7 +35,7 @@ from lipreg.errors import LipregError
 from lipreg.methods.base import LipRegModule
 from lipreg.runs import AtomicCheckpointIO, claimed_logger, placed_logger, resume_logger, run_directory
 from lipreg.stopping import clear as clear_stop_request
-from lipreg.stopping import request_stop
+from lipreg.stopping import is_interrupt, request_stop
 
 # Two warnings of the installed Lightning that say nothing to a lipreg user: its pytree helper uses
 # an API that torch 2.14 deprecates, and lipreg logs training metrics once an epoch, so the advice
@@ -386,7 +386,9 @@ def main(args: ArgsType = None) -> None:
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         run(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as exception:
+        if not is_interrupt(exception):  # argument errors and the like keep their own message and status
+            raise
         sys.exit("lipreg: interrupted")
     finally:
         signal.signal(signal.SIGTERM, previous)

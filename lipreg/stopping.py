@@ -6,7 +6,13 @@ then hangs in the logger's ``close``). Instead the handler calls :func:`request_
 calls :func:`stop_if_requested` where an interrupt is harmless: at every batch boundary
 (``lipreg.callbacks.StopOnRequest``) and at every step of a long attack (the evaluation's
 progress heartbeat). It then raises ``KeyboardInterrupt``, so the run stops as on Ctrl-C.
+
+Lightning notes the same signal in its own handler and may stop first, at a batch's or an epoch's
+end, with its ``SIGTERMException`` (a ``SystemExit`` whose exit status is 0). :func:`is_interrupt`
+counts both as an interrupt, so either way the run saves, marks and exits as interrupted.
 """
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 _requested: list[str] = []
 
@@ -27,6 +33,12 @@ def stop_if_requested() -> None:
     if _requested and _requested[0] != "raised":
         _requested[0] = "raised"
         raise KeyboardInterrupt
+
+
+def is_interrupt(exception: BaseException) -> bool:
+    """Whether ``exception`` stops the run as Ctrl-C does: ``KeyboardInterrupt``, or Lightning's
+    ``SIGTERMException`` when its SIGTERM flag ended the loop before a safe point of ours did."""
+    return isinstance(exception, KeyboardInterrupt | SIGTERMException)
 
 
 def clear() -> None:

@@ -2,6 +2,8 @@
 errors in one line, nothing silent. Each test failed on the code before that issue."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +12,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lipreg.callbacks import DivergenceGuard, LatestCheckpoint, RobustnessEvaluation, TestProgress
-from lipreg.cli import run
+from lipreg.cli import main, run
 from lipreg.data.mnist import MNISTDataModule
 from lipreg.errors import LipregError
 from lipreg.methods import Standard
@@ -112,6 +115,36 @@ def test_an_interrupted_run_keeps_its_progress(tmp_path: Path):
         pass
     (checkpoint,) = tmp_path.glob("latest-*.ckpt")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 3
+
+
+class SigtermAtStep(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning notes it; its loop stops at this batch end
+
+
+def test_a_run_that_lightnings_own_sigterm_flag_stops_is_saved_as_interrupted(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]):
+    # the race a CI run caught: Lightning's SIGTERMException (a SystemExit with status 0) ended the loop
+    # before lipreg's own stop, and the run exited 0 with no checkpoint of the interrupted step
+    trainer = L.Trainer(max_epochs=5, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[LatestCheckpoint(every_n_epochs=5, dirpath=str(tmp_path)), SigtermAtStep()])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(Standard(MLP([2, 8, 3])), datamodule=BlobsDataModule(size=64, batch_size=16))
+    (checkpoint,) = tmp_path.glob("latest-*.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 3
+    assert f"interrupted: saved {checkpoint}" in capsys.readouterr().out
+
+
+def test_lipreg_exits_as_interrupted_when_lightnings_sigterm_flag_stops_the_run(monkeypatch: pytest.MonkeyPatch):
+    def stopped_by_lightning(args: object) -> None:
+        raise SIGTERMException
+
+    monkeypatch.setattr("lipreg.cli.run", stopped_by_lightning)
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == "lipreg: interrupted"
 
 
 def test_model_help_shows_the_methods_options_with_descriptions_and_no_list_of_every_module():

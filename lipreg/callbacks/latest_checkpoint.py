@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from lipreg.callbacks.divergence_guard import parameters_finite
+from lipreg.stopping import is_interrupt
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -79,7 +80,7 @@ class LatestCheckpoint(ModelCheckpoint):
         self.save_latest(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt):
+        if not is_interrupt(exception):
             return
         if trainer.world_size > 1:
             # Ctrl-C reaches every process at a different point of its step: a save now (a barrier,

@@ -27,7 +27,7 @@ from lipreg.functional.attacks import Norm
 from lipreg.functional.progress import reporting
 from lipreg.methods.base import LipRegModule, epoch_mean
 from lipreg.report import RESULT_FILE, format_table, publish_result, robustness_figure
-from lipreg.stopping import stop_if_requested
+from lipreg.stopping import is_interrupt, stop_if_requested
 
 #: The file that marks a results folder whose ``lipreg test`` did not finish.
 INCOMPLETE_MARKER = "INCOMPLETE"
@@ -254,7 +254,7 @@ class RobustnessEvaluation(L.Callback):
         directory = Path(self.output_dir or log_dir or "robustness")
         if not directory.is_dir() or (directory / RESULT_FILE).is_file():
             return
-        reason = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"stopped by {type(exception).__name__}"
+        reason = "interrupted" if is_interrupt(exception) else f"stopped by {type(exception).__name__}"
         (directory / INCOMPLETE_MARKER).write_text(f"lipreg test was {reason} before its results were written\n")
         kept = None
         scores = getattr(self, "scores", None)

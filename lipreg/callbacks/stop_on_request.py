@@ -11,7 +11,8 @@ class StopOnRequest(L.Callback):
     """Raises ``KeyboardInterrupt`` at the first batch boundary after ``lipreg.stopping.request_stop``
     (SIGTERM under ``lipreg``), so the run stops as on Ctrl-C but never from inside a logger's
     queue. ``lipreg`` puts it first in every run's callbacks, so the stop comes before an epoch's
-    end-of-epoch work, and before Lightning's own SIGTERM flag could end the run as if it had finished."""
+    end-of-epoch work. Where Lightning's own SIGTERM flag stops the loop first (its ``SIGTERMException``),
+    ``lipreg.stopping.is_interrupt`` makes that an interrupt too."""
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
