@@ -12,15 +12,24 @@ from lipreg.callbacks import RobustnessEvaluation
 from lipreg.callbacks.robustness import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE
 from lipreg.data.base import InMemoryDataModule, Splits
 from lipreg.errors import LipregError
-from lipreg.evaluation import EvaluationProgress, ImageSchedule, RobustnessResult, wilson_interval
+from lipreg.evaluation import (
+    CERTIFICATES,
+    EvaluationPlan,
+    EvaluationProgress,
+    EvaluationSuite,
+    ImageSchedule,
+    RobustnessResult,
+    wilson_interval,
+)
 from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, logit_margin, noisy_pairs, pgd
 from lipreg.functional.apgd import apgd, apgd_targeted
-from lipreg.functional.bounds import certified_radius, class_pair_bounds
-from lipreg.functional.losses import margin_loss, misclassified
+from lipreg.functional.bounds import certified_radius, class_pair_bounds, l2_reach, rival_radii
+from lipreg.functional.losses import margin_loss, misclassified, targeted_dlr_loss
 from lipreg.functional.square import square
 from lipreg.methods import Standard
 from lipreg.nets import MLP
 from lipreg.report import format_table
+from lipreg.task import CLASSIFICATION
 
 from .helpers import BlobsDataModule, quiet_trainer
 
@@ -130,6 +139,86 @@ def test_no_attack_of_the_ensemble_succeeds_inside_a_certified_radius(kind):
             assert ((adversarial - xs).flatten(1).norm(dim=1) <= epsilon + 1e-5).all()
             with torch.no_grad():
                 assert not misclassified(net(adversarial), ys).any()
+
+
+class CountingNet(nn.Module):
+    """A network that counts the rows it is run on (the work an attack does)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.net(x)
+
+
+def test_apgd_t_skips_only_rivals_that_cannot_win_and_breaks_the_same_images():
+    torch.manual_seed(0)
+    net = trained(MLP([2, 32, 32, 3], activation="relu"), BlobsDataModule(), epochs=3)
+    data = BlobsDataModule()
+    data.setup()
+    x, y = data.splits.test
+    bounds = class_pair_bounds(net.layers, (2,))
+    with torch.no_grad():
+        logits = net(x)
+    radii = rival_radii(logits, y, bounds)
+    assert torch.equal(radii.amin(dim=1).clamp_min(0), certified_radius(logits, y, bounds))
+    epsilon = torch.quantile(radii[radii.isfinite()], 0.5).item()
+    # sound per rival: no targeted run makes a class win that its radius rules out
+    for target in range(3):
+        closed = (radii[:, target] > epsilon) & (y != target)
+        rival = torch.full_like(y[closed], target)
+        adversarial = apgd(net, x[closed], y[closed], epsilon, "l2", 50, targeted_dlr_loss, rival, None, box=None,
+                           generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert not (net(adversarial).argmax(dim=1) == target).any()
+    counted = CountingNet(net)
+    broken, rows = {False: 0, True: 0}, {False: 0, True: 0}
+    for seed in range(3):
+        for pruned in (False, True):
+            counted.rows = 0
+            reachable = (lambda lo, la: rival_radii(lo, la, bounds) <= epsilon) if pruned else None
+            adversarial = apgd_targeted(counted, x, y, epsilon, "l2", 50, targets=2, box=None,
+                                        generator=torch.Generator().manual_seed(seed), reachable=reachable)
+            with torch.no_grad():
+                broken[pruned] += int(misclassified(net(adversarial), y).sum())
+            rows[pruned] += counted.rows
+    # as strong (the random starts differ with the batches attacked, so counts may differ by an image
+    # or two either way), for less work
+    assert broken[False] > 10 and broken[True] >= broken[False] - 2, broken
+    assert rows[True] < 0.8 * rows[False], rows
+
+
+def test_an_l2_certificate_spares_an_linf_attack_only_beyond_the_l2_radius_of_its_ball():
+    assert l2_reach(0.5, "l2", 784) == 0.5 and l2_reach(0.1, "linf", 784) == pytest.approx(2.8)
+    torch.manual_seed(0)
+    net = MLP([4, 3])
+    x = torch.rand(64, 4)
+    with torch.no_grad():
+        y = net(x).argmax(dim=1)
+    plan = EvaluationPlan(noise_sigmas=[], fgsm_epsilons=[], pgd_epsilons=[0.05], pgd_norm="linf", pgd_steps=5,
+                          apgd_steps=5, ensemble=["apgd-ce"], certified_radii=[0.05], sign_pgd=False)
+    certifier = CERTIFICATES["class-pair"].prepare(net, (4,), plan)
+    radius = certifier(x, y, net(x))
+    between = (radius > 0.05) & (radius <= 0.1)  # certified in L2 at ε, not for the L∞ ball (L2 radius 0.1)
+    assert between.any()
+    attacked = []
+    suite = EvaluationSuite(plan, net, CLASSIFICATION, None, certifier, image_inputs=False,
+                            generator=torch.Generator().manual_seed(0))
+    suite.stage = lambda name: None
+    original = suite.members
+
+    def members(epsilon: float, xs: torch.Tensor) -> list:
+        return [(name, lambda a, b, run=run: (attacked.append(a), run(a, b))[1]) for name, run in original(epsilon, xs)]
+
+    suite.members = members
+    scores = suite.score(x, y)
+    seen = torch.cat(attacked) if attacked else x[:0]
+    survived_pgd = scores.curves[("pgd", 0.05)].bool()
+    assert (between & survived_pgd).any()
+    for row in x[between & survived_pgd]:
+        assert (seen == row).all(dim=1).any()  # every such image that PGD left is attacked by the ensemble
 
 
 def test_wilson_intervals_match_the_textbook_values():

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lipreg.functional.apgd import apgd, apgd_targeted
 from lipreg.functional.attacks import Norm, pgd
-from lipreg.functional.bounds import certified_radius, class_pair_bounds
+from lipreg.functional.bounds import certified_radius, class_pair_bounds, rival_radii
 from lipreg.functional.ensemble import Attack, EnsembleBudget
 from lipreg.functional.losses import dlr_loss, margin_loss, per_sample_squared_error
 from lipreg.functional.pairs import Box
@@ -30,12 +30,14 @@ class AttackEntry:
 
     ``build(model, budget, epsilon=…, norm=…, box=…, generator=…)`` returns ``(x, y) -> adversarial x``;
     ``images_only``: it needs ``[C, H, W]`` inputs (Square's windows); ``regression``: it attacks a
-    squared error (the regression ensemble)."""
+    squared error (the regression ensemble); ``targeted``: it runs once per rival class and takes
+    ``reachable`` (``(logits, y) -> [B, C] bool``), the rivals a certificate cannot rule out at ε."""
 
     build: Callable[..., Attack]
     label: Callable[[EnsembleBudget], str]
     images_only: bool = False
     regression: bool = False
+    targeted: bool = False
 
 
 ATTACKS: dict[str, AttackEntry] = {
@@ -44,7 +46,7 @@ ATTACKS: dict[str, AttackEntry] = {
     "apgd-dlr": AttackEntry(lambda m, b, **c: partial(apgd, m, steps=b.apgd_steps, loss_fn=dlr_loss, **c),
                             lambda b: f"APGD-DLR ({b.apgd_steps} steps)"),
     "apgd-t": AttackEntry(lambda m, b, **c: partial(apgd_targeted, m, steps=b.apgd_steps, targets=b.apgd_targets, **c),
-                          lambda b: f"APGD-T ({b.apgd_steps} steps, {b.apgd_targets} targets)"),
+                          lambda b: f"APGD-T ({b.apgd_steps} steps, {b.apgd_targets} targets)", targeted=True),
     "square": AttackEntry(lambda m, b, **c: partial(square, m, queries=b.square_queries, **c),
                           lambda b: f"Square ({b.square_queries} queries)", images_only=True),
     "pgd-margin": AttackEntry(lambda m, b, **c: partial(pgd, m, step_size=b.pgd_step_size, steps=b.pgd_steps,
@@ -62,15 +64,36 @@ REGRESSION_ATTACKS = tuple(name for name, entry in ATTACKS.items() if entry.regr
 
 
 def build_attack(name: str, model: Callable[[Tensor], Tensor], epsilon: float, norm: Norm, budget: EnsembleBudget,
-                 box: Box | None = (0.0, 1.0), generator: torch.Generator | None = None) -> Attack:
-    """The registered attack ``name`` bound to its model, radius, norm and budget."""
+                 box: Box | None = (0.0, 1.0), generator: torch.Generator | None = None,
+                 reachable: Callable[[Tensor, Tensor], Tensor] | None = None) -> Attack:
+    """The registered attack ``name`` bound to its model, radius, norm and budget; a targeted one
+    also to ``reachable`` (which rival classes a certificate leaves open at ε; ``None``: all)."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-    return ATTACKS[name].build(model, budget, epsilon=epsilon, norm=norm, box=box, generator=generator)
+    entry = ATTACKS[name]
+    extra = {"reachable": reachable} if entry.targeted and reachable is not None else {}
+    return entry.build(model, budget, epsilon=epsilon, norm=norm, box=box, generator=generator, **extra)
 
 
 #: A certificate ready for a network: ``(x, y, logits) -> [B]`` certified L2 radii (0 where none).
 Certifier = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ClassPairCertifier:
+    """The class-pair certificate of one network: ``B`` its proven class-pair bounds
+    (:func:`lipreg.functional.bounds.class_pair_bounds`). Called, the per-image radius
+    ``min_{j≠y} (f_y − f_j) / B[y, j]``; :meth:`rival_radii` gives each class's term, with which the
+    targeted attacks skip the rivals that cannot win inside the ball."""
+
+    bounds: Tensor
+
+    def __call__(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
+        return certified_radius(logits, y, self.bounds).float()
+
+    def rival_radii(self, logits: Tensor, y: Tensor) -> Tensor:
+        """``[B, C]``: the L2 radius within which each class provably cannot overtake the label."""
+        return rival_radii(logits, y, self.bounds)
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,7 @@ class CertificateEntry:
     of_network: bool = True
 
 
-def class_pair_certifier(net: nn.Module, input_shape: tuple[int, ...], plan: Any = None) -> Certifier | None:
+def class_pair_certifier(net: nn.Module, input_shape: tuple[int, ...], plan: Any = None) -> ClassPairCertifier | None:
     """Per image ``min_{j≠y} (f_y − f_j) / B[y, j]`` with ``B`` the proven class-pair bounds of the
     network's ``layers`` (:func:`lipreg.functional.bounds.class_pair_bounds`); ``None`` when the network
     has no ``layers`` chain lipreg can bound."""
@@ -99,7 +122,7 @@ def class_pair_certifier(net: nn.Module, input_shape: tuple[int, ...], plan: Any
         bounds = class_pair_bounds(layers, input_shape)
     except ValueError:
         return None
-    return lambda x, y, logits: certified_radius(logits, y, bounds).float()
+    return ClassPairCertifier(bounds)
 
 
 def smoothing_certifier(net: nn.Module, input_shape: tuple[int, ...], plan: Any) -> Certifier:

@@ -4,7 +4,9 @@ Work goes only where it can change the answer (classification): every attack sto
 at its first adversarial iterate and keeps it; the radii run from small to large and each attacks
 only the images still robust at the radius below (an adversarial inside the smaller ball lies
 inside the larger one); the ensemble's members run in turn on the survivors; an image whose
-certified radius exceeds ε is not attacked at ε.
+certified radius exceeds ε is not attacked at ε, and a targeted attack skips the rival classes
+that the certificate proves cannot win inside the ε-ball (the class-pair radii). For L∞ attacks
+an L2 certificate counts only beyond ``ε·√d``, the L2 radius of the L∞ ball.
 """
 
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from torch.nn.utils import parametrize
 from lipreg.evaluation.plan import PGD_CURVES, EvaluationPlan
 from lipreg.evaluation.registry import Certifier, build_attack
 from lipreg.functional import fgsm, gaussian_noise, lipschitz_lower_bound, pgd
+from lipreg.functional.bounds import l2_reach
 from lipreg.functional.ensemble import Attack, robust_under_ensemble, worst_case_error
 from lipreg.functional.pairs import Box, noisy_pairs
 from lipreg.task import TaskSpec
@@ -50,7 +53,8 @@ class EvaluationSuite:
         net: the network (left in its mode; parametrised weights are computed once per chunk).
         task: the task's losses and score.
         box: the valid input range (attacks are clamped to it; ``None``: unbounded).
-        certifier: the per-image certified radius (``None``: no certificate).
+        certifier: the per-image certified radius (``None``: no certificate); one with a
+            ``rival_radii(logits, y)`` method (``ClassPairCertifier``) also prunes APGD-T's rivals.
         certifies_network: whether the certificate proves the network itself robust (then an image
             certified beyond ε is not attacked at ε); a smoothed classifier's is not.
         image_inputs: whether inputs are images ``[C, H, W]`` (Square needs them).
@@ -97,7 +101,7 @@ class EvaluationSuite:
             robust_below = None
             for epsilon in sorted(self.plan.pgd_epsilons):
                 proven = scores.radius is not None and self.certifies_network
-                certified_here = scores.radius > epsilon if proven else None
+                certified_here = scores.radius > self.reach(epsilon, x) if proven else None
                 robust, broken = self.robust_samples(epsilon, x, y, scores.clean, pgd_scores[epsilon], robust_below,
                                                      certified_here)
                 scores.robust[epsilon] = robust
@@ -129,9 +133,22 @@ class EvaluationSuite:
                     pgd_scores[parameter].append(score)
         return pgd_scores
 
-    def members(self, epsilon: float) -> list[tuple[str, Attack]]:
-        """The ensemble's attacks at ε, each announcing its stage when it starts."""
-        plan = self.plan
+    def reach(self, epsilon: float, x: Tensor) -> float:
+        """The L2 radius a certificate must exceed to prove the attacks' ε-ball safe (ε·√d for L∞)."""
+        return l2_reach(epsilon, self.plan.pgd_norm, x[0].numel())
+
+    def reachable(self, epsilon: float, x: Tensor) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """``(logits, y) -> [B, C]``: the rival classes the certificate cannot rule out at ε (``None``:
+        no certificate of the network with per-class radii, so every rival is attacked)."""
+        rival_radii = getattr(self.certifier, "rival_radii", None)
+        if rival_radii is None or not self.certifies_network:
+            return None
+        reach = self.reach(epsilon, x)
+        return lambda logits, y: rival_radii(logits, y) <= reach
+
+    def members(self, epsilon: float, x: Tensor) -> list[tuple[str, Attack]]:
+        """The ensemble's attacks at ε on images like ``x``, each announcing its stage when it starts."""
+        plan, reachable = self.plan, self.reachable(epsilon, x)
 
         def staged(name: str, attack: Attack) -> Attack:
             def run(x: Tensor, y: Tensor) -> Tensor:
@@ -141,7 +158,7 @@ class EvaluationSuite:
             return run
 
         return [(name, staged(name, build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box,
-                                                 self.generator)))
+                                                 self.generator, reachable)))
                 for name in plan.members(self.task, self.image_inputs)]
 
     def robust_samples(self, epsilon: float, x: Tensor, y: Tensor, clean: Tensor, pgd_scores: list[Tensor],
@@ -153,7 +170,7 @@ class EvaluationSuite:
 
         The ensemble attacks only the images that survived everything so far and are not
         ``certified_here`` (a proven radius above ε: no attack can break them)."""
-        attacks = self.members(epsilon)
+        attacks = self.members(epsilon, x)
         if not self.task.classification:
             worst = torch.stack([clean, *pgd_scores]).amax(dim=0)
             return worst_case_error(self.net, x, y, attacks, worst), {}

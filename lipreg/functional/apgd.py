@@ -200,12 +200,20 @@ def apgd_targeted(
     box: Box | None = (0.0, 1.0),
     rho: float = MOMENTUM_WEIGHT,
     generator: torch.Generator | None = None,
+    reachable: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """APGD-T (Croce & Hein, 2020, §4): targeted APGD on the targeted DLR loss, one run per rival class.
 
     The rivals are the ``targets`` classes (at most classes − 1) with the highest clean logits after
     the top one (for a correctly classified sample: the other classes in order of their logits);
     each run attacks only the samples that no earlier run has misclassified.
+
+    Args:
+        reachable: ``(clean logits, y) -> [B, C] bool``, false where a sound bound proves that class
+            cannot overtake the label inside the ε-ball (true where the class-pair radius of
+            :func:`lipreg.functional.bounds.rival_radii` is at most ε): the run toward it is skipped
+            for that sample, since it cannot make its target win (a class it might push the sample
+            into on the way is reachable, and has its own run). ``None``: every rival is attacked.
     """
     if targets < 1:
         raise ValueError(f"targets must be >= 1, got {targets}")
@@ -214,12 +222,16 @@ def apgd_targeted(
         logits = model(x)
     targets = min(targets, logits.shape[1] - 1)
     ranked = logits.argsort(dim=1, descending=True)  # [B, C]
+    open_rivals = None if reachable is None else reachable(logits, y).gather(1, ranked)  # [B, C] by rank
     result = x.clone()
     robust = ~misclassified(logits, y)
     for rank in range(1, targets + 1):
-        index = robust.nonzero().squeeze(1)
+        attacked = robust if open_rivals is None else robust & open_rivals[:, rank]
+        index = attacked.nonzero().squeeze(1)
         if len(index) == 0:
-            break
+            if not robust.any():
+                break
+            continue
         adversarial = apgd(model, x[index], y[index], epsilon, norm, steps, targeted_dlr_loss, ranked[index, rank],
                            misclassified, box, rho, generator)
         with torch.no_grad():

@@ -1,5 +1,6 @@
 """Lower and upper bounds of a network's Lipschitz constant (L2 norms)."""
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -225,13 +226,14 @@ def class_pair_bounds(layers: nn.Sequential, input_shape: tuple[int, ...]) -> Te
     return torch.linalg.vector_norm(differences, dim=2) * body
 
 
-def certified_radius(logits: Tensor, target: Tensor, pair_bounds: Tensor) -> Tensor:
-    """Per sample, the L2 radius within which its prediction provably stays the label (0 if wrong).
+def rival_radii(logits: Tensor, target: Tensor, pair_bounds: Tensor) -> Tensor:
+    """Per sample and class, the L2 radius within which that class provably cannot overtake the label.
 
-    .. math:: r = \\min_{j ≠ y} \frac{f_y(x) − f_j(x)}{B[y, j]}
+    .. math:: r_j = \\frac{f_y(x) − f_j(x)}{B[y, j]}
 
-    with ``B`` from :func:`class_pair_bounds`: no perturbation shorter than ``r`` can close any
-    rival's gap. Computed in float64, ``[B]``; ``inf`` where every bound is 0 (a constant network).
+    with ``B`` from :func:`class_pair_bounds`; ``inf`` at the label and where ``B[y, j] = 0`` with a
+    positive gap, ``-inf`` where ``B[y, j] = 0`` and class ``j`` already wins. Float64, ``[B, C]``.
+    A targeted attack toward ``j`` inside a ball of L2 radius at most ``r_j`` cannot succeed.
     """
     logits = logits.detach().double()
     bounds = pair_bounds.to(logits.device)[target]  # [B, C]
@@ -239,8 +241,29 @@ def certified_radius(logits: Tensor, target: Tensor, pair_bounds: Tensor) -> Ten
     with torch.no_grad():
         ratios = torch.where(bounds > 0, gaps / bounds.clamp_min(torch.finfo(torch.float64).tiny),
                              torch.where(gaps > 0, torch.inf, -torch.inf))
-        ratios.scatter_(1, target[:, None], torch.inf)
-        return ratios.amin(dim=1).clamp_min(0.0)
+        return ratios.scatter_(1, target[:, None], torch.inf)
+
+
+def certified_radius(logits: Tensor, target: Tensor, pair_bounds: Tensor) -> Tensor:
+    """Per sample, the L2 radius within which its prediction provably stays the label (0 if wrong).
+
+    .. math:: r = \\min_{j ≠ y} \\frac{f_y(x) − f_j(x)}{B[y, j]}
+
+    with ``B`` from :func:`class_pair_bounds`: no perturbation shorter than ``r`` can close any
+    rival's gap (the smallest of :func:`rival_radii`). Computed in float64, ``[B]``; ``inf`` where
+    every bound is 0 (a constant network).
+    """
+    return rival_radii(logits, target, pair_bounds).amin(dim=1).clamp_min(0.0)
+
+
+def l2_reach(epsilon: float, norm: str, dimension: int) -> float:
+    """The L2 radius of the smallest L2 ball around ``x`` that holds its ``norm`` ε-ball in
+    ``dimension`` inputs: ε for L2, ``ε·√d`` for L∞. An L2 certificate beyond it proves the ε-ball safe."""
+    if norm == "l2":
+        return epsilon
+    if norm == "linf":
+        return epsilon * math.sqrt(dimension)
+    raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
 
 
 def _device(layers: nn.Module) -> torch.device:

@@ -108,29 +108,42 @@ def _linf_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box:
     return proposal
 
 
+def _overlap_mask(first: Tensor, second: Tensor, size: int, width: int) -> Tensor:
+    """``[n, s·s]``: which pixels of each image's ``second`` window lie inside its ``first`` window."""
+    top, left = (first[:, :1] // width), (first[:, :1] % width)  # the first window's top-left pixel
+    rows, cols = second // width, second % width
+    return (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+
+
 def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
                  generator: torch.Generator | None) -> Tensor:
     """Algorithm 3 of the paper: the perturbation's mass in two random windows moves into the first,
-    which gets a new pattern; the whole perturbation is then rescaled to norm ε."""
+    which gets a new pattern; the whole perturbation is then rescaled to norm ε.
+
+    Four passes over the images (the difference, its norm, the rescaled sum, the clamp): the norms
+    of the windows and of the new perturbation come from the windows alone,
+    ``‖δ'‖² = ‖δ‖² − ‖δ_{W₁∪W₂}‖² + ‖δ'_{W₁}‖²`` with ``‖δ_{W₁∪W₂}‖² = ‖δ_{W₁}‖² + ‖δ_{W₂}‖² − ‖δ_{W₁∩W₂}‖²``."""
     n, channels, height, width = centre.shape
     delta = best - centre
     first = _window_indices(n, size, height, width, centre, generator)
     second = _window_indices(n, size, height, width, centre, generator)
     old = _windows(delta, first)  # [n, C, s·s]
     old_norms = old.norm(dim=2, keepdim=True)  # per channel
-    in_windows = torch.zeros(n, height * width, device=centre.device, dtype=centre.dtype)
-    in_windows.scatter_(1, first, 1.0).scatter_(1, second, 1.0)  # W1 ∪ W2
-    both_norms = sample_norm(delta * in_windows.view(n, 1, height, width))  # [n]
-    free = (epsilon**2 - sample_norm(delta).square()).clamp_min(0.0)  # [n]
+    in_second = _windows(delta, second) * ~_overlap_mask(first, second, size, width)[:, None, :]  # W₂ \ W₁
+    both_squared = old.square().sum(dim=(1, 2)) + in_second.square().sum(dim=(1, 2))  # ‖δ_{W₁∪W₂}‖², [n]
+    norm_squared = sample_norm(delta).square()  # [n]
+    free = (epsilon**2 - norm_squared).clamp_min(0.0)  # [n]
     pattern = square_pattern(size, centre.device)
     transposed = torch.rand(n, generator=generator, device=centre.device) < 0.5
     patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())[:, None]  # [n, 1, s·s]
     new = patterns * _random_signs((n, channels, 1), centre, generator) + old / (old_norms + 1e-12)
-    scale = (free / channels + both_norms.square()).sqrt()
+    scale = (free / channels + both_squared).sqrt()
     new = new / (new.norm(dim=2, keepdim=True) + 1e-12) * scale[:, None, None]
     delta.view(n, channels, -1).scatter_(2, second[:, None, :].expand(-1, channels, -1), 0.0)
     _write_windows_(delta, first, new)
-    return clamp_to_box(centre + delta * per_sample_view(epsilon / sample_norm(delta).clamp_min(1e-12), delta), box)
+    new_norm = (norm_squared - both_squared).clamp_min(0.0).add_(new.square().sum(dim=(1, 2))).sqrt_()
+    proposal = torch.addcmul(centre, delta, per_sample_view(epsilon / new_norm.clamp_min(1e-12), delta))
+    return proposal if box is None else proposal.clamp_(*box)
 
 
 def square(
