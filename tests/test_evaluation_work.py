@@ -347,6 +347,31 @@ def test_the_time_budget_stops_the_attacks_and_says_how_many_images_it_reached(c
         evaluation(time_budget=0)
 
 
+def test_the_table_says_how_many_images_one_point_needs():
+    from lipreg.evaluation.result import images_for_half_width
+    from lipreg.report.files import sample_note
+
+    for share in (0.0, 0.05, 0.5, 0.9, 1.0):
+        needed = images_for_half_width(share, 0.01)
+        low, high = wilson_interval(share, needed)
+        wider_low, wider_high = wilson_interval(share, needed - 1)
+        assert (high - low) / 2 <= 0.01 < (wider_high - wider_low) / 2, share
+    result = RobustnessResult(method="Standard", task="classification", metric="accuracy", checkpoint="c.ckpt",
+                              samples=10_000, attack_samples=1000, clean=0.98, clean_subset=0.98,
+                              curves={"robust": [(0.5, 0.75), (1.0, 0.47)]})
+    note = sample_note(result)
+    assert note.startswith("intervals up to ±3.1 points from the first 1,000 test images")
+    assert "±1 point needs about 9,566 images (--evaluation.sample_size 9566)" in note
+    result.time_budget_minutes = 15.0
+    note = sample_note(result)
+    assert "stopped the attacks after 1,000 of 10,000" in note
+    assert "about --evaluation.time_budget 143 at this test's pace" in note
+    result.time_budget_minutes, result.attack_samples = None, 10_000
+    assert sample_note(result) is None  # every interval within ±1 point, nothing cut
+    result.samples = result.attack_samples = 500
+    assert "more than the 500 test images" in sample_note(result)
+
+
 def test_chunks_follow_the_measured_cost():
     clock = ImageSchedule(minutes=1.0, first_chunk=100, attack_share=1.0)
     assert clock.next_chunk(1000) == 100

@@ -34,6 +34,30 @@ def wilson_interval(share: float, count: int, z: float = Z_95) -> Interval:
     return max(centre - half, 0.0), min(centre + half, 1.0)
 
 
+def images_for_half_width(share: float, half_width: float, z: float = Z_95) -> int:
+    """The fewest samples whose Wilson interval (:func:`wilson_interval`) around ``share`` is at most
+    ``± half_width`` wide: about ``z²·p(1 − p)/h²`` (9,604 for ``p = 0.5``, ``h = 0.01``), found by bisection.
+
+    Example:
+        >>> images_for_half_width(0.5, 0.01), images_for_half_width(0.95, 0.01)
+        (9600, 1838)
+    """
+    if not 0 < half_width < 0.5:
+        raise ValueError(f"half_width must be in (0, 0.5), got {half_width}")
+
+    def wide(count: int) -> bool:
+        low, high = wilson_interval(share, count, z)
+        return (high - low) / 2 > half_width
+
+    low, high = 1, 1
+    while wide(high):
+        low, high = high, high * 2
+    while low < high:  # the half-width falls as the count grows
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if wide(middle) else (low, middle)
+    return high
+
+
 @dataclass
 class EnsembleRecord:
     """What the robust figure is the worst case over (``attacks``, with budgets, in order) under the
@@ -140,6 +164,22 @@ class RobustnessResult:
                     for curve, points in self.curves.items() for parameter, value in points},
             certified={radius: wilson_interval(value, attacked) for radius, value in self.certified},
         )
+
+    def attacked_figures(self) -> list[float]:
+        """Every accuracy measured on the attacked images (the curves and the certified accuracies)."""
+        return [value for points in self.curves.values() for _, value in points] + [v for _, v in self.certified]
+
+    def widest_half_width(self) -> float | None:
+        """The largest ``±`` of the attacked figures' 95 % intervals, as a share (``None``: none, or regression)."""
+        intervals = self.intervals
+        if intervals is None or not self.attacked_figures():
+            return None
+        return max((high - low) / 2 for low, high in [*intervals.curves.values(), *intervals.certified.values()])
+
+    def images_for_half_width(self, half_width: float = 0.01) -> int:
+        """How many attacked images would give every attacked figure an interval of at most ``± half_width``
+        (at the figures measured)."""
+        return max((images_for_half_width(value, half_width) for value in self.attacked_figures()), default=0)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

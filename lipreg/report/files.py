@@ -55,9 +55,30 @@ def publish_result(result: RobustnessResult, directory: Path) -> str:
     summary = ensemble_summary(result)
     if summary:
         lines.append(summary)
-    if result.time_budget_minutes:
-        lines.append(f"the {result.time_budget_minutes:g}-minute time budget stopped the attacks after "
-                     f"{result.attack_samples:,} of {result.samples:,} test images (intervals above); "
-                     "--evaluation.time_budget null attacks all of them")
+    note = sample_note(result)
+    if note:
+        lines.append(note)
     lines.append("wrote " + ", ".join(str(p) for p in paths))
     return "\n".join(lines)
+
+
+def sample_note(result: RobustnessResult, half_width: float = 0.01) -> str | None:
+    """What the attacked sample leaves uncertain, when an interval is wider than ``± half_width``
+    or a time budget cut the sample short: how many images ±1 point needs, and the option that
+    attacks them (``None`` when every attacked figure is within ±1 point and nothing was cut)."""
+    widest = result.widest_half_width()
+    if widest is None or (widest <= half_width and not result.time_budget_minutes):
+        return None
+    attacked, samples = result.attack_samples, result.samples
+    needed = result.images_for_half_width(half_width)
+    enough = (f"±{100 * half_width:g} point needs about {needed:,} images" if needed <= samples else
+              f"±{100 * half_width:g} point needs about {needed:,} images, more than the {samples:,} test images")
+    if result.time_budget_minutes:
+        minutes = result.time_budget_minutes * min(needed, samples) / max(attacked, 1)
+        return (f"the {result.time_budget_minutes:g}-minute time budget stopped the attacks after {attacked:,} of "
+                f"{samples:,} test images: intervals up to ±{100 * widest:.1f} points; {enough}: about "
+                f"--evaluation.time_budget {minutes:.3g} at this test's pace (--evaluation.time_budget null: all)")
+    if attacked >= samples:
+        return f"intervals up to ±{100 * widest:.1f} points over all {samples:,} test images; {enough}"
+    return (f"intervals up to ±{100 * widest:.1f} points from the first {attacked:,} test images; {enough} "
+            f"(--evaluation.sample_size {min(needed, samples)})")
