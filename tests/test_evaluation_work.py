@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from lipreg.callbacks import RobustnessEvaluation
-from lipreg.callbacks.robustness import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE
 from lipreg.data.base import InMemoryDataModule, Splits
 from lipreg.errors import LipregError
 from lipreg.evaluation import (
@@ -28,7 +27,7 @@ from lipreg.functional.losses import margin_loss, misclassified, targeted_dlr_lo
 from lipreg.functional.square import square
 from lipreg.methods import Standard
 from lipreg.nets import MLP
-from lipreg.report import format_table
+from lipreg.report import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE, format_table
 from lipreg.task import CLASSIFICATION
 
 from .helpers import BlobsDataModule, quiet_trainer

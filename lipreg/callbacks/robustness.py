@@ -11,7 +11,6 @@ from lipreg.callbacks.attack_support import require_gradients
 from lipreg.callbacks.figure_logging import log_figure
 from lipreg.errors import LipregError
 from lipreg.evaluation import (
-    CERTIFICATES,
     EvaluationPlan,
     EvaluationProgress,
     EvaluationSuite,
@@ -20,19 +19,14 @@ from lipreg.evaluation import (
     ScoreAccumulator,
     lower_bound,
     split_scores,
+    upper_bound,
 )
 from lipreg.evaluation.result import LipschitzEstimates
-from lipreg.functional import lipschitz_upper_bound
 from lipreg.functional.attacks import Norm
 from lipreg.functional.progress import reporting
 from lipreg.methods.base import LipRegModule, epoch_mean
-from lipreg.report import RESULT_FILE, format_table, publish_result, robustness_figure
+from lipreg.report import RESULT_FILE, publish_interrupted, publish_result, robustness_figure
 from lipreg.stopping import is_interrupt, stop_if_requested
-
-#: The file that marks a results folder whose ``lipreg test`` did not finish.
-INCOMPLETE_MARKER = "INCOMPLETE"
-#: What an interrupted ``lipreg test`` had finished (whole chunks).
-PARTIAL_RESULT_FILE = "robustness.partial.json"
 
 
 class RobustnessEvaluation(L.Callback):
@@ -58,8 +52,11 @@ class RobustnessEvaluation(L.Callback):
     Work goes only where it can change the answer (classification): every attack stops on an image
     at its first adversarial iterate and keeps it, so an image counts as broken if any step broke
     it; the radii run from small to large and each attacks only the images still robust at the
-    radius below (an adversarial inside the smaller ball lies inside the larger one). Every
-    accuracy from the attacked sample carries a 95 % Wilson interval (``intervals`` in the JSON).
+    radius below (an adversarial inside the smaller ball lies inside the larger one); images a
+    certificate proves robust at ε are not attacked at ε, and APGD-T skips the rival classes it
+    rules out. Every accuracy from the attacked sample carries a 95 % Wilson interval
+    (``intervals`` in the JSON); where one is wider than ±1 point the test says how many images
+    ±1 point needs, and the ``sample_size`` or ``time_budget`` that attacks them.
     A progress line comes at the start and then at least every ``progress_every`` seconds, inside
     long attacks too: the stage (attack, ε), images done and the time left.
 
@@ -155,30 +152,19 @@ class RobustnessEvaluation(L.Callback):
         if not isinstance(pl_module, LipRegModule):
             raise LipregError(f"RobustnessEvaluation works with lipreg methods, not {type(pl_module).__name__}")
         require_gradients(self, "testing")
-        datamodule, task = trainer.datamodule, pl_module.task_spec
-        shape = getattr(datamodule, "input_shape", None)
-        image_inputs = shape is None or len(shape) == 3
-        layers = getattr(pl_module.net, "layers", None)
-        self.upper = None
-        if layers is not None and shape is not None:
-            try:
-                self.upper = lipschitz_upper_bound(layers, tuple(shape))
-            except ValueError:
-                self.upper = None
-        certificate = CERTIFICATES[self.plan.certificate]
-        certifier = None
-        if task.classification and shape is not None and self.plan.certified_radii:
-            certifier = certificate.prepare(pl_module.net, tuple(shape), self.plan)
-        members = self.plan.members(task, image_inputs)
-        self.described = self.plan.describe_ensemble(task, image_inputs)
-        self.scores = ScoreAccumulator(self.plan, task, members, certifier is not None, pl_module.device)
+        task, shape = pl_module.task_spec, getattr(trainer.datamodule, "input_shape", None)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
+        self.suite = suite = EvaluationSuite.for_network(self.plan, pl_module.net, task, shape, pl_module.input_box,
+                                                         generator)
+        self.upper = upper_bound(pl_module.net, shape)
+        self.described = self.plan.describe_ensemble(task, suite.image_inputs)
+        self.scores = ScoreAccumulator(self.plan, task, self.plan.members(task, suite.image_inputs),
+                                       suite.certifier is not None, pl_module.device)
         self.schedule = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size, self.time_budget)
-        self.progress = EvaluationProgress(self._attacked_images(trainer), self.plan.stages(task, image_inputs),
+        self.progress = EvaluationProgress(self._attacked_images(trainer), self.plan.stages(task, suite.image_inputs),
                                            self.progress_every, enabled=trainer.is_global_zero,
                                            budget_minutes=self.time_budget)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
-        self.suite = EvaluationSuite(self.plan, pl_module.net, task, pl_module.input_box, certifier,
-                                     certificate.of_network, image_inputs, generator, self.progress.stage)
+        suite.stage = self.progress.stage
         self.progress.start(self.described)
 
     def _attacked_images(self, trainer: L.Trainer) -> int | None:
@@ -243,7 +229,8 @@ class RobustnessEvaluation(L.Callback):
         pl_module.log_dict(logged, sync_dist=True)
         directory = Path(self.output_dir or trainer.log_dir or "robustness")  # log_dir: a collective under DDP
         if trainer.is_global_zero:
-            self._publish(trainer, result, directory)
+            print(publish_result(result, directory), flush=True)
+            log_figure(trainer, "test/robustness", lambda: robustness_figure([result]))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """An interrupted ``lipreg test`` leaves its folder marked ``INCOMPLETE`` and keeps what was
@@ -255,23 +242,7 @@ class RobustnessEvaluation(L.Callback):
         if not directory.is_dir() or (directory / RESULT_FILE).is_file():
             return
         reason = "interrupted" if is_interrupt(exception) else f"stopped by {type(exception).__name__}"
-        (directory / INCOMPLETE_MARKER).write_text(f"lipreg test was {reason} before its results were written\n")
-        kept = None
         scores = getattr(self, "scores", None)
-        if trainer.world_size == 1 and scores is not None and scores.any_attacked:
-            partial = self.build_result(trainer, pl_module, finished=False)
-            kept = partial.save(directory / PARTIAL_RESULT_FILE)
-            print(f"\nRobustness of the {partial.attack_samples} images finished before the test was {reason}")
-            print(format_table([partial]))
-        try:  # as the user would type it
-            directory = directory.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            pass
-        what = "holds no results" if kept is None else f"holds the finished images' results in {PARTIAL_RESULT_FILE}"
-        print(f"lipreg test {reason}: {directory} {what} and is marked {INCOMPLETE_MARKER}", flush=True)
-
-    def _publish(self, trainer: L.Trainer, result: RobustnessResult, directory: Path) -> None:
-        for stale in (INCOMPLETE_MARKER, PARTIAL_RESULT_FILE):  # a finished run over an interrupted one
-            (directory / stale).unlink(missing_ok=True)
-        print(publish_result(result, directory), flush=True)
-        log_figure(trainer, "test/robustness", lambda: robustness_figure([result]))
+        finished_any = trainer.world_size == 1 and scores is not None and scores.any_attacked
+        partial = self.build_result(trainer, pl_module, finished=False) if finished_any else None
+        print(publish_interrupted(partial, directory, reason), flush=True)

@@ -9,7 +9,7 @@ from lipreg.evaluation.progress import EvaluationProgress
 from lipreg.evaluation.registry import ATTACKS, CERTIFICATES, build_attack
 from lipreg.evaluation.result import RobustnessResult, wilson_interval
 from lipreg.evaluation.schedule import ImageSchedule
-from lipreg.evaluation.suite import ChunkScores, EvaluationSuite, lower_bound, split_scores
+from lipreg.evaluation.suite import ChunkScores, EvaluationSuite, lower_bound, split_scores, upper_bound
 
 __all__ = [
     "ATTACKS",
@@ -25,5 +25,6 @@ __all__ = [
     "build_attack",
     "lower_bound",
     "split_scores",
+    "upper_bound",
     "wilson_interval",
 ]

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from lipreg.evaluation.plan import PGD_CURVES, EvaluationPlan
-from lipreg.evaluation.registry import Certifier, build_attack
-from lipreg.functional import fgsm, gaussian_noise, lipschitz_lower_bound, pgd
+from lipreg.evaluation.registry import CERTIFICATES, Certifier, build_attack
+from lipreg.functional import fgsm, gaussian_noise, lipschitz_lower_bound, lipschitz_upper_bound, pgd
 from lipreg.functional.bounds import l2_reach
 from lipreg.functional.ensemble import Attack, robust_under_ensemble, worst_case_error
 from lipreg.functional.pairs import Box, noisy_pairs
@@ -71,6 +71,19 @@ class EvaluationSuite:
     image_inputs: bool = True
     generator: torch.Generator | None = None
     stage: Callable[[str], None] = lambda name: None
+
+    @classmethod
+    def for_network(cls, plan: EvaluationPlan, net: nn.Module, task: TaskSpec, input_shape: tuple[int, ...] | None,
+                    box: Box | None, generator: torch.Generator | None = None,
+                    stage: Callable[[str], None] = lambda name: None) -> "EvaluationSuite":
+        """The suite of ``plan`` for ``net`` on inputs of ``input_shape`` (``None``: unknown), with the
+        plan's certificate prepared for it (classification with certified radii and a known shape)."""
+        certificate = CERTIFICATES[plan.certificate]
+        certifier = None
+        if task.classification and input_shape is not None and plan.certified_radii:
+            certifier = certificate.prepare(net, tuple(input_shape), plan)
+        image_inputs = input_shape is None or len(input_shape) == 3
+        return cls(plan, net, task, box, certifier, certificate.of_network, image_inputs, generator, stage)
 
     def _scores(self, x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():
@@ -197,6 +210,17 @@ def split_scores(net: nn.Module, task: TaskSpec, x: Tensor, y: Tensor, rank: int
             xb, yb = x[start : start + batch].to(device), y[start : start + batch].to(device)
             scores.append(task.score(net(xb), yb))
     return torch.cat(scores) if scores else torch.zeros(0, device=device)
+
+
+def upper_bound(net: nn.Module, input_shape: tuple[int, ...] | None) -> float | None:
+    """The proven layer-product bound of the network's ``layers`` (``None``: no chain lipreg can bound)."""
+    layers = getattr(net, "layers", None)
+    if layers is None or input_shape is None:
+        return None
+    try:
+        return lipschitz_upper_bound(layers, tuple(input_shape))
+    except ValueError:
+        return None
 
 
 def lower_bound(net: nn.Module, x: Tensor, box: Box | None, steps: int, seed: int = 0,

@@ -9,6 +9,10 @@ from lipreg.report.table import ensemble_summary, format_table
 
 #: The file ``lipreg test`` writes its result to, and ``lipreg compare`` looks for.
 RESULT_FILE = "robustness.json"
+#: The file that marks a results folder whose ``lipreg test`` did not finish.
+INCOMPLETE_MARKER = "INCOMPLETE"
+#: What an interrupted ``lipreg test`` had finished (whole chunks).
+PARTIAL_RESULT_FILE = "robustness.partial.json"
 
 
 def write_results(result: RobustnessResult, directory: Path) -> list[Path]:
@@ -48,8 +52,11 @@ def write_results(result: RobustnessResult, directory: Path) -> list[Path]:
 
 
 def publish_result(result: RobustnessResult, directory: Path) -> str:
-    """Write a finished test's files into ``directory`` and return what ``lipreg test`` prints: the
-    table, the ensemble's summary, what a time budget left out and the files written."""
+    """Write a finished test's files into ``directory`` (removing an earlier interrupted run's marker
+    and partial result) and return what ``lipreg test`` prints: the table, the ensemble's summary,
+    what the sample leaves uncertain and the files written."""
+    for stale in (INCOMPLETE_MARKER, PARTIAL_RESULT_FILE):
+        (directory / stale).unlink(missing_ok=True)
     paths = write_results(result, directory)
     lines = [f"\nRobustness of {result.method} ({result.checkpoint or 'current weights'})", format_table([result])]
     summary = ensemble_summary(result)
@@ -82,3 +89,22 @@ def sample_note(result: RobustnessResult, half_width: float = 0.01) -> str | Non
         return f"intervals up to ±{100 * widest:.1f} points over all {samples:,} test images; {enough}"
     return (f"intervals up to ±{100 * widest:.1f} points from the first {attacked:,} test images; {enough} "
             f"(--evaluation.sample_size {min(needed, samples)})")
+
+
+def publish_interrupted(partial: RobustnessResult | None, directory: Path, reason: str) -> str:
+    """Mark ``directory`` (an existing folder without a finished result) ``INCOMPLETE``, save the
+    finished chunks' ``partial`` result (if any) as ``robustness.partial.json``, and return what
+    ``lipreg test`` prints: the partial table and one line naming the folder as the user would type it."""
+    (directory / INCOMPLETE_MARKER).write_text(f"lipreg test was {reason} before its results were written\n")
+    lines = []
+    if partial is not None:
+        partial.save(directory / PARTIAL_RESULT_FILE)
+        lines += [f"\nRobustness of the {partial.attack_samples} images finished before the test was {reason}",
+                  format_table([partial])]
+    try:
+        directory = directory.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    what = "holds no results" if partial is None else f"holds the finished images' results in {PARTIAL_RESULT_FILE}"
+    lines.append(f"lipreg test {reason}: {directory} {what} and is marked {INCOMPLETE_MARKER}")
+    return "\n".join(lines)
