@@ -24,6 +24,13 @@ ensemble built from torchattacks, and the time of a full ``lipreg test`` on MNIS
 
        python benchmarks/attacks.py --skip-pgd --skip-test-run --old-tree /tmp/old \\
            --checkpoints configs/mnist_standard.yaml=CKPT [--test-args --evaluation.sample_size 1000]
+
+   Each row also prints the **pass floor** of the new tree's test: the seconds that the forward and
+   forward+backward passes alone take which no schedule can skip (per radius, each robust image
+   that the certificate does not prove robust goes through APGD-CE's steps, at least one APGD-T
+   run and Square's queries; each robust image through both PGD columns' steps), at the per-image
+   cost of one pass over a batch of 1,000 measured in the same process; 0.2× the old time below
+   that floor cannot be reached without a smaller ensemble.
 """
 
 import argparse
@@ -210,6 +217,54 @@ def compare_test_runs(args: argparse.Namespace, config: Path, checkpoint: Path) 
             "" if old_value is None else f"  old {100 * old_value:.2f} %"))
     if new.get("mean_certified_radius") is not None:
         print(f"  mean certified radius (new): {new['mean_certified_radius']:.4g}")
+    floor = pass_floor(checkpoint, new)
+    print(f"  pass floor of the new test: {floor:.1f} s (the new test takes {new_time / floor:.1f}× it; "
+          f"0.2× the old time is {0.2 * old_time:.1f} s)")
+
+
+def pass_seconds(net: torch.nn.Module, shape: tuple[int, ...] = (1, 28, 28), batch: int = 1000,
+                 repeats: int = 20) -> tuple[float, float]:
+    """Seconds per image of one forward pass and of one forward+backward pass (input gradient)."""
+    x = torch.rand(batch, *shape)
+    with torch.no_grad():
+        net(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            net(x)
+        forward = (time.perf_counter() - start) / (repeats * batch)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x_in = x.detach().requires_grad_(True)
+        torch.autograd.grad(net(x_in).logsumexp(dim=1).sum(), x_in)
+    return forward, (time.perf_counter() - start) / (repeats * batch)
+
+
+def pass_floor(checkpoint: Path, result: dict) -> float:
+    """A lower bound on the pass time of a ``lipreg test`` result on ``checkpoint`` (its network's passes timed)."""
+    net = LipRegModule.load_from_checkpoint(checkpoint, map_location="cpu").net.eval()
+    return floor_seconds(result, *pass_seconds(net))
+
+
+def floor_seconds(result: dict, forward: float, backward: float) -> float:
+    """The pass floor of a ``robustness.json`` at ``forward``/``backward`` seconds per image and pass.
+
+    Per ε: ``R`` robust images, ``C`` an upper bound of those certified at ε (the certified accuracy
+    at the largest certified radius ≤ ε; ``C = R`` with none ≤ ε, ``C = 0`` without a certificate):
+    ``(R − C)·(apgd_steps·2·t_fb + queries·t_f) + R·k·pgd_steps·t_fb`` for the ``k`` PGD columns it has."""
+    settings, attacked = result["settings"], result["attack_samples"]
+    certified = sorted((radius, value) for radius, value in result.get("certified", []))
+    columns = sum(1 for curve in ("pgd", "pgd_sign") if result["curves"].get(curve))
+    seconds = 0.0
+    for epsilon, value in result["curves"].get("robust", []):
+        robust = value * attacked
+        below = [share for radius, share in certified if radius <= epsilon]
+        if not certified:
+            uncertified = robust  # no certificate: every robust image is attacked
+        else:
+            uncertified = robust - min(robust, below[-1] * attacked) if below else 0.0
+        seconds += uncertified * (2 * settings["apgd_steps"] * backward + settings["square_queries"] * forward)
+        seconds += robust * columns * settings["pgd_steps"] * backward
+    return seconds
 
 
 if __name__ == "__main__":

@@ -87,3 +87,24 @@ def test_mixed_precision_benchmark_shows_bf16_errors_and_exact_lipreg_quotients(
     rows = {line[:22].strip(): [float(v) for v in line[22:].split()] for line in out.splitlines()[1:]}
     initial = rows["at initialisation"]
     assert initial[0] > 1 and initial[2] == 0.0, out  # bf16 logits: large error; lipreg's quotients: exact
+
+
+def test_the_pass_floor_counts_only_work_no_schedule_can_skip():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "attacks.py"
+    spec = importlib.util.spec_from_file_location("attacks_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = {"settings": {"apgd_steps": 100, "square_queries": 5000, "pgd_steps": 100}, "attack_samples": 1000,
+              "curves": {"robust": [(0.5, 0.75), (2.0, 0.05)], "pgd": [(0.5, 0.8)], "pgd_sign": [(0.5, 0.9)]},
+              "certified": [(0.3, 0.6), (0.5, 0.2), (1.0, 0.0)]}
+    # ε = 0.5: 750 robust, at most 200 certified: 550 · (200 · 2 + 5000 · 1) + 750 · 2 · 100 · 2 (µs);
+    # ε = 2: 50 robust, none certified at 1: 50 · 5400 + 50 · 400
+    expected = (550 * 5400 + 750 * 400 + 50 * 5400 + 50 * 400) * 1e-6
+    assert module.floor_seconds(result, 1e-6, 2e-6) == pytest.approx(expected)
+    result["certified"] = [(1.0, 0.0)]  # a certificate, but no radius at or below 0.5: it may spare all there
+    assert module.floor_seconds(result, 1e-6, 2e-6) == pytest.approx((750 * 400 + 50 * 5400 + 50 * 400) * 1e-6)
+    result["certified"] = []  # no certificate: every robust image goes through the ensemble
+    assert module.floor_seconds(result, 1e-6, 2e-6) == pytest.approx((750 * 5400 + 750 * 400 + 50 * 5400
+                                                                      + 50 * 400) * 1e-6)
