@@ -20,12 +20,13 @@ from lipreg.functional.attacks import (
     clamp_to_box,
     loss_gradient,
     per_sample_view,
+    select_samples,
     steepest_direction,
 )
 from lipreg.functional.losses import LossFn, misclassified, per_sample_cross_entropy, targeted_dlr_loss
 from lipreg.functional.pairs import Box, project_onto_ball
 from lipreg.functional.progress import report_step
-from lipreg.functional.quotients import sample_norm
+from lipreg.functional.quotients import MIN_DISTANCE, sample_norm
 
 #: APGD's momentum weight α (the step is α·(z − x) + (1 − α)·(x − x_prev); Croce & Hein use 0.75).
 MOMENTUM_WEIGHT = 0.75
@@ -121,7 +122,13 @@ def apgd(
         return loss_gradient(model, points, labels, loss_fn, *([] if rivals is None else [rivals]))
 
     def project(points: Tensor, centres: Tensor) -> Tensor:
-        return clamp_to_box(project_onto_ball(points, centres, epsilon, 2.0 if norm == "l2" else float("inf")), box)
+        """``points`` (a fresh tensor, overwritten) projected onto the ε-balls and the box."""
+        if norm == "linf":
+            return clamp_to_box(project_onto_ball(points, centres, epsilon, float("inf")), box)
+        delta = points.sub_(centres)
+        factor = (epsilon / sample_norm(delta).clamp_min(MIN_DISTANCE)).clamp_(max=1.0)
+        projected = delta.mul_(per_sample_view(factor, delta)).add_(centres)
+        return projected if box is None else projected.clamp_(*box)
 
     x = x.detach()
     start = clamp_to_box(_random_start_on_boundary(x, epsilon, norm, generator), box)
@@ -132,17 +139,21 @@ def apgd(
         step_size=torch.full_like(loss, 2 * epsilon), increases=torch.zeros_like(loss),
         best_loss_at_check=loss, reduced_at_check=torch.ones_like(loss, dtype=torch.bool),
         y=y, rival=rival, index=torch.arange(len(x), device=x.device),
-        done=torch.zeros_like(loss, dtype=torch.bool),
+        done=torch.zeros_like(loss, dtype=torch.bool), first=start,
     )
 
     def record_adversarial(logits: Tensor) -> None:
+        """Keep each sample's first adversarial iterate in ``s.first`` (no host read)."""
         if is_adversarial is None:
             return
         new = is_adversarial(logits, s.y) & ~s.done
-        # written without reading ``new`` on the host: rows not newly adversarial keep their value
-        kept = result.index_select(0, s.index)
-        result.index_copy_(0, s.index, torch.where(per_sample_view(new, kept), s.current, kept))
+        s.first = select_samples(new, s.current, s.first)
         s.done = s.done | new
+
+    def write_finished() -> None:
+        """Copy the finished samples' first adversarial iterates into the result (at a compaction:
+        without a host read, the others' rows written back unchanged)."""
+        result.index_copy_(0, s.index, select_samples(s.done, s.first, result.index_select(0, s.index)))
 
     record_adversarial(logits)
     checkpoints = set(apgd_checkpoints(steps))
@@ -153,9 +164,14 @@ def apgd(
             break
         with torch.no_grad():
             weight = 1.0 if k == 0 else rho
-            step = steepest_direction(s.grad, norm) * per_sample_view(s.step_size, s.current)
-            z = project(s.current + step, s.centre)
-            moved = project(s.current + weight * (z - s.current) + (1 - weight) * (s.current - s.previous), s.centre)
+            if norm == "l2":  # x + η·g/‖g‖ in one pass
+                scale = s.step_size / sample_norm(s.grad).clamp_min(MIN_DISTANCE)
+                z = project(torch.addcmul(s.current, s.grad, per_sample_view(scale, s.grad)), s.centre)
+            else:
+                z = project(s.current + steepest_direction(s.grad, norm) * per_sample_view(s.step_size, s.current),
+                            s.centre)
+            # x + α(z − x) + (1 − α)(x − x_prev) = lerp(2x − x_prev, z, α)
+            moved = project(torch.add(s.current, s.current).sub_(s.previous).lerp_(z, weight), s.centre)
         s.previous, s.current = s.current, moved
         last_loss = s.loss
         s.loss, s.grad, logits = loss_and_gradient(s.current, s.y, s.rival)
@@ -163,16 +179,16 @@ def apgd(
         report_step()
         s.increases = s.increases + (s.loss > last_loss)
         improved = s.loss > s.best_loss
-        s.best = torch.where(per_sample_view(improved, s.current), s.current, s.best)
-        s.best_grad = torch.where(per_sample_view(improved, s.grad), s.grad, s.best_grad)
+        s.best = select_samples(improved, s.current, s.best)
+        s.best_grad = select_samples(improved, s.grad, s.best_grad)
         s.best_loss = torch.where(improved, s.loss, s.best_loss)
         if k + 1 in checkpoints:
             oscillating = s.increases <= rho * (k + 1 - last_check)
             stalled = ~s.reduced_at_check & (s.best_loss_at_check >= s.best_loss)
             reduce = oscillating | stalled
             s.step_size = torch.where(reduce, s.step_size / 2, s.step_size)
-            s.current = torch.where(per_sample_view(reduce, s.current), s.best, s.current)
-            s.grad = torch.where(per_sample_view(reduce, s.grad), s.best_grad, s.grad)
+            s.current = select_samples(reduce, s.best, s.current)
+            s.grad = select_samples(reduce, s.best_grad, s.grad)
             s.loss = torch.where(reduce, s.best_loss, s.loss)
             s.reduced_at_check, s.best_loss_at_check = reduce, s.best_loss
             s.increases = torch.zeros_like(s.increases)
@@ -182,10 +198,11 @@ def apgd(
             if finished_share >= 1.0:
                 break
             if k + 1 in checkpoints or finished_share >= COMPACT_SHARE:
+                write_finished()
                 s.keep(~s.done)
                 finished_share = 0.0
-    kept = result.index_select(0, s.index)  # the samples never adversarial get their best iterate
-    result.index_copy_(0, s.index, torch.where(per_sample_view(s.done, kept), kept, s.best))
+    # the finished samples get their first adversarial iterate, the others their best one
+    result.index_copy_(0, s.index, select_samples(s.done, s.first, s.best))
     return result.detach()
 
 

@@ -10,11 +10,12 @@ gradients. Images ``[B, C, H, W]`` only: the windows are squares of pixels.
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view
+from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view, select_samples
 from lipreg.functional.losses import logit_margin
 from lipreg.functional.pairs import Box
 from lipreg.functional.progress import report_step
@@ -64,13 +65,24 @@ def _random_signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generat
     return torch.randint(0, 2, shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
 
 
+def _window_corners(count: int, size: int, height: int, width: int, like: Tensor,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """``[count, 1, 1]`` top rows and left columns of one ``size × size`` window per image, uniformly placed."""
+    top = torch.randint(0, height - size + 1, (count, 1, 1), generator=generator, device=like.device)
+    left = torch.randint(0, width - size + 1, (count, 1, 1), generator=generator, device=like.device)
+    return top, left
+
+
+def _indices_at(top: Tensor, left: Tensor, size: int, width: int) -> Tensor:
+    """``[count, s·s]`` flat pixel indices of the windows with these corners."""
+    offsets = torch.arange(size, device=top.device)
+    return ((top + offsets[:, None]) * width + left + offsets[None, :]).flatten(1)
+
+
 def _window_indices(count: int, size: int, height: int, width: int, like: Tensor,
                     generator: torch.Generator | None) -> Tensor:
     """``[count, s·s]`` flat pixel indices of one ``size × size`` window at a uniformly random place per image."""
-    top = torch.randint(0, height - size + 1, (count, 1, 1), generator=generator, device=like.device)
-    left = torch.randint(0, width - size + 1, (count, 1, 1), generator=generator, device=like.device)
-    offsets = torch.arange(size, device=like.device)
-    return ((top + offsets[:, None]) * width + left + offsets[None, :]).flatten(1)
+    return _indices_at(*_window_corners(count, size, height, width, like, generator), size, width)
 
 
 def _windows(images: Tensor, indices: Tensor) -> Tensor:
@@ -108,11 +120,12 @@ def _linf_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box:
     return proposal
 
 
-def _overlap_mask(first: Tensor, second: Tensor, size: int, width: int) -> Tensor:
-    """``[n, s·s]``: which pixels of each image's ``second`` window lie inside its ``first`` window."""
-    top, left = (first[:, :1] // width), (first[:, :1] % width)  # the first window's top-left pixel
-    rows, cols = second // width, second % width
-    return (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+def _overlap_mask(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], size: int) -> Tensor:
+    """``[n, s·s]``: which pixels of each image's ``second`` window lie inside its ``first`` (windows by corners)."""
+    offsets = torch.arange(size, device=first[0].device)
+    inside = [((start_2 + offsets) >= start_1) & ((start_2 + offsets) < start_1 + size)  # [n, 1, s] per axis
+              for start_1, start_2 in zip(first, second, strict=True)]
+    return (inside[0].transpose(1, 2) & inside[1]).flatten(1)
 
 
 def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
@@ -125,11 +138,12 @@ def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: B
     ``‖δ'‖² = ‖δ‖² − ‖δ_{W₁∪W₂}‖² + ‖δ'_{W₁}‖²`` with ``‖δ_{W₁∪W₂}‖² = ‖δ_{W₁}‖² + ‖δ_{W₂}‖² − ‖δ_{W₁∩W₂}‖²``."""
     n, channels, height, width = centre.shape
     delta = best - centre
-    first = _window_indices(n, size, height, width, centre, generator)
-    second = _window_indices(n, size, height, width, centre, generator)
+    first_corners = _window_corners(n, size, height, width, centre, generator)
+    second_corners = _window_corners(n, size, height, width, centre, generator)
+    first, second = _indices_at(*first_corners, size, width), _indices_at(*second_corners, size, width)
     old = _windows(delta, first)  # [n, C, s·s]
     old_norms = old.norm(dim=2, keepdim=True)  # per channel
-    in_second = _windows(delta, second) * ~_overlap_mask(first, second, size, width)[:, None, :]  # W₂ \ W₁
+    in_second = _windows(delta, second) * ~_overlap_mask(first_corners, second_corners, size)[:, None, :]  # W₂ \ W₁
     both_squared = old.square().sum(dim=(1, 2)) + in_second.square().sum(dim=(1, 2))  # ‖δ_{W₁∪W₂}‖², [n]
     norm_squared = sample_norm(delta).square()  # [n]
     free = (epsilon**2 - norm_squared).clamp_min(0.0)  # [n]
@@ -144,6 +158,61 @@ def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: B
     new_norm = (norm_squared - both_squared).clamp_min(0.0).add_(new.square().sum(dim=(1, 2))).sqrt_()
     proposal = torch.addcmul(centre, delta, per_sample_view(epsilon / new_norm.clamp_min(1e-12), delta))
     return proposal if box is None else proposal.clamp_(*box)
+
+
+@dataclass
+class _WindowUpdate:
+    """One L2 query's change to single-channel images, made in place: ``W₂`` (``second``) set to
+    ``second_values`` and then ``W₁`` (``first``) to ``first_values``; ``*_before`` the values they
+    had, ``squared`` the changed images' ``‖δ'‖²`` (float64)."""
+
+    first: Tensor
+    second: Tensor
+    first_values: Tensor
+    second_values: Tensor
+    first_before: Tensor
+    second_before: Tensor
+    squared: Tensor
+
+    def keep(self, images: Tensor, kept: Tensor) -> None:
+        """Keep the change in the images where ``kept`` holds, undo it in the others."""
+        flat, rows = images.view(len(images), -1), kept[:, None]
+        flat.scatter_(1, self.second, torch.where(rows, self.second_values, self.second_before))
+        flat.scatter_(1, self.first, torch.where(rows, self.first_values, self.first_before))
+
+
+def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilon: float, size: int,
+                      box: Box | None, generator: torch.Generator | None) -> _WindowUpdate:
+    """:func:`_l2_proposal` for single-channel images, computed on the two windows alone and written
+    into ``best`` in place (:meth:`_WindowUpdate.keep` then keeps or undoes it per image);
+    ``norm_squared`` is the current ``‖δ‖²`` (float64).
+
+    With one channel the new window gets ``‖δ'_{W₁}‖² = ε² − ‖δ‖² + ‖δ_{W₁∪W₂}‖²``, so ``‖δ'‖ = ε``
+    and the rescaling to ε is the identity (up to rounding): the proposal is ``best`` with ``W₂``
+    set back to ``x`` and ``W₁`` to ``x + δ'_{W₁}`` clamped to the box, and its norm follows from
+    the windows. The same random draws as :func:`_l2_proposal`, so the same search."""
+    n, _, height, width = centre.shape
+    first_corners = _window_corners(n, size, height, width, centre, generator)
+    second_corners = _window_corners(n, size, height, width, centre, generator)
+    first, second = _indices_at(*first_corners, size, width), _indices_at(*second_corners, size, width)
+    flat_best, flat_centre = best.view(n, -1), centre.reshape(n, -1)
+    first_centre, second_centre = flat_centre.gather(1, first), flat_centre.gather(1, second)
+    first_before, second_before = flat_best.gather(1, first), flat_best.gather(1, second)
+    old = first_before - first_centre  # δ on W₁, [n, s·s]
+    in_second = (second_before - second_centre) * ~_overlap_mask(first_corners, second_corners, size)
+    both_squared = old.double().square().sum(dim=1) + in_second.double().square().sum(dim=1)  # ‖δ_{W₁∪W₂}‖²
+    free = (epsilon**2 - norm_squared).clamp_min(0.0)
+    pattern = square_pattern(size, centre.device)
+    transposed = torch.rand(n, generator=generator, device=centre.device) < 0.5
+    patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())  # [n, s·s]
+    new = patterns * _random_signs((n, 1), centre, generator) + old / (old.norm(dim=1, keepdim=True) + 1e-12)
+    scale = (free + both_squared).sqrt().to(new.dtype)
+    new = new / (new.norm(dim=1, keepdim=True) + 1e-12) * scale[:, None]
+    first_values = clamp_to_box(first_centre + new, box)
+    flat_best.scatter_(1, second, second_centre)  # δ' = 0 on W₂ …
+    flat_best.scatter_(1, first, first_values)  # … and the new pattern on W₁
+    squared = (norm_squared - both_squared).clamp_min(0.0) + (first_values - first_centre).double().square().sum(1)
+    return _WindowUpdate(first, second, first_values, second_centre, first_before, second_before, squared)
 
 
 def square(
@@ -164,6 +233,9 @@ def square(
     ``x'`` is ``x̂`` with one random square window changed: for L∞ set to ``x ± ε`` (a random sign
     per channel), for L2 by the paper's Algorithm 3; the window covers the share
     :func:`window_share` of the image. An image leaves the search as soon as it is misclassified.
+    For single-channel images under L2 each query is made in place on its two windows (the same
+    draws and, up to rounding, the same proposals: :func:`_l2_window_update`), so that a query
+    costs little more than its forward pass.
     Starts: random ``±ε`` vertical stripes (L∞), a grid of the L2 pattern scaled to ε (L2).
 
     Returns:
@@ -187,26 +259,36 @@ def square(
         result = best.clone()
         index = torch.arange(n, device=x.device)
         centre, labels = x, y
+        windowed = norm == "l2" and channels == 1  # the proposal from the windows alone (_l2_window_update)
+        norm_squared = sample_norm(best - x).double().square()  # ‖δ‖², kept up to date by the windowed search
         for step in range(queries - 1):  # the start was the first query
             robust = margin > 0
             if not robust.all():  # the one host read of a query; a compaction adds one index
                 broken = (~robust).nonzero().squeeze(1)
                 result.index_copy_(0, index.index_select(0, broken), best.index_select(0, broken))
                 kept = robust.nonzero().squeeze(1)
-                index, centre, best, margin, labels = (t.index_select(0, kept)
-                                                       for t in (index, centre, best, margin, labels))
+                index, centre, best, margin, labels, norm_squared = (
+                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, norm_squared))
             if len(index) == 0:
                 break
             side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
-            if norm == "linf":
-                size = min(max(side, 1), height, width)
-                proposal = _linf_proposal(centre, best, epsilon, size, box, generator)
+            if windowed:  # in place on the windows: no full-image pass but the forward
+                if step % 256 == 0:  # the running ‖δ‖² re-read, so that rounding cannot pile up
+                    norm_squared = sample_norm(best - centre).double().square()
+                update = _l2_window_update(centre, best, norm_squared, epsilon, min(max(side, 3) | 1, height, width),
+                                           box, generator)
+                new_margin = logit_margin(model(best), labels)
+                better = new_margin < margin
+                update.keep(best, better)
+                norm_squared = torch.where(better, update.squared, norm_squared)
             else:
-                size = min(max(side, 3) | 1, height, width)  # odd, at least 3
-                proposal = _l2_proposal(centre, best, epsilon, size, box, generator)
-            new_margin = logit_margin(model(proposal), labels)
-            better = new_margin < margin
-            best = torch.where(per_sample_view(better, best), proposal, best)
+                if norm == "linf":
+                    proposal = _linf_proposal(centre, best, epsilon, min(max(side, 1), height, width), box, generator)
+                else:  # windows of odd size, at least 3
+                    proposal = _l2_proposal(centre, best, epsilon, min(max(side, 3) | 1, height, width), box, generator)
+                new_margin = logit_margin(model(proposal), labels)
+                better = new_margin < margin
+                best = select_samples(better, proposal, best)
             margin = torch.where(better, new_margin, margin)
             report_step()
         result[index] = best
