@@ -4,6 +4,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
 from lipreg.data.base import InMemoryDataModule, Splits
 
@@ -110,3 +111,15 @@ def fake_setup_device(monkeypatch: Any, device: str = "meta", stop: bool = True)
             raise SetupPassed
 
     monkeypatch.setattr(call, "_call_setup_hook", faked)
+
+
+class CountingNet(nn.Module):
+    """A network that counts the samples it is run on (the work an attack does)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.samples = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += len(x)
+        return self.net(x)

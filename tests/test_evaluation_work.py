@@ -30,7 +30,7 @@ from lipreg.nets import MLP
 from lipreg.report import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE, format_table
 from lipreg.task import CLASSIFICATION
 
-from .helpers import BlobsDataModule, quiet_trainer
+from .helpers import BlobsDataModule, CountingNet, quiet_trainer
 
 
 class TinyImages(InMemoryDataModule):
@@ -140,18 +140,6 @@ def test_no_attack_of_the_ensemble_succeeds_inside_a_certified_radius(kind):
                 assert not misclassified(net(adversarial), ys).any()
 
 
-class CountingNet(nn.Module):
-    """A network that counts the rows it is run on (the work an attack does)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net, self.rows = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += len(x)
-        return self.net(x)
-
-
 def test_apgd_t_skips_only_rivals_that_cannot_win_and_breaks_the_same_images():
     torch.manual_seed(0)
     net = trained(MLP([2, 32, 32, 3], activation="relu"), BlobsDataModule(), epochs=3)
@@ -176,13 +164,13 @@ def test_apgd_t_skips_only_rivals_that_cannot_win_and_breaks_the_same_images():
     broken, rows = {False: 0, True: 0}, {False: 0, True: 0}
     for seed in range(3):
         for pruned in (False, True):
-            counted.rows = 0
+            counted.samples = 0
             reachable = (lambda lo, la: rival_radii(lo, la, bounds) <= epsilon) if pruned else None
             adversarial = apgd_targeted(counted, x, y, epsilon, "l2", 50, targets=2, box=None,
                                         generator=torch.Generator().manual_seed(seed), reachable=reachable)
             with torch.no_grad():
                 broken[pruned] += int(misclassified(net(adversarial), y).sum())
-            rows[pruned] += counted.rows
+            rows[pruned] += counted.samples
     # as strong (the random starts differ with the batches attacked, so counts may differ by an image
     # or two either way), for less work
     assert broken[False] > 10 and broken[True] >= broken[False] - 2, broken

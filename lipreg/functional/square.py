@@ -128,6 +128,26 @@ def _overlap_mask(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], s
     return (inside[0].transpose(1, 2) & inside[1]).flatten(1)
 
 
+def _new_window(old: Tensor, scale: Tensor, size: int, generator: torch.Generator | None) -> Tensor:
+    """Algorithm 3's new window ``[n, C, s·s]``: the pattern (transposed at random, a random sign per
+    channel) plus the direction of the ``old`` window, rescaled to the norm ``scale`` (``[n]``) per channel."""
+    n, channels = old.shape[:2]
+    pattern = square_pattern(size, old.device)
+    transposed = torch.rand(n, generator=generator, device=old.device) < 0.5
+    patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())[:, None]  # [n, 1, s·s]
+    new = patterns * _random_signs((n, channels, 1), old, generator) + old / (old.norm(dim=2, keepdim=True) + 1e-12)
+    return new / (new.norm(dim=2, keepdim=True) + 1e-12) * scale[:, None, None]
+
+
+def _two_windows(n: int, size: int, height: int, width: int, like: Tensor,
+                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Algorithm 3's two random windows per image: flat indices, and which pixels of the second lie in the first."""
+    first_corners = _window_corners(n, size, height, width, like, generator)
+    second_corners = _window_corners(n, size, height, width, like, generator)
+    first, second = _indices_at(*first_corners, size, width), _indices_at(*second_corners, size, width)
+    return first, second, _overlap_mask(first_corners, second_corners, size)
+
+
 def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
                  generator: torch.Generator | None) -> Tensor:
     """Algorithm 3 of the paper: the perturbation's mass in two random windows moves into the first,
@@ -138,21 +158,13 @@ def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: B
     ``‖δ'‖² = ‖δ‖² − ‖δ_{W₁∪W₂}‖² + ‖δ'_{W₁}‖²`` with ``‖δ_{W₁∪W₂}‖² = ‖δ_{W₁}‖² + ‖δ_{W₂}‖² − ‖δ_{W₁∩W₂}‖²``."""
     n, channels, height, width = centre.shape
     delta = best - centre
-    first_corners = _window_corners(n, size, height, width, centre, generator)
-    second_corners = _window_corners(n, size, height, width, centre, generator)
-    first, second = _indices_at(*first_corners, size, width), _indices_at(*second_corners, size, width)
+    first, second, overlap = _two_windows(n, size, height, width, centre, generator)
     old = _windows(delta, first)  # [n, C, s·s]
-    old_norms = old.norm(dim=2, keepdim=True)  # per channel
-    in_second = _windows(delta, second) * ~_overlap_mask(first_corners, second_corners, size)[:, None, :]  # W₂ \ W₁
+    in_second = _windows(delta, second) * ~overlap[:, None, :]  # W₂ \ W₁
     both_squared = old.square().sum(dim=(1, 2)) + in_second.square().sum(dim=(1, 2))  # ‖δ_{W₁∪W₂}‖², [n]
     norm_squared = sample_norm(delta).square()  # [n]
     free = (epsilon**2 - norm_squared).clamp_min(0.0)  # [n]
-    pattern = square_pattern(size, centre.device)
-    transposed = torch.rand(n, generator=generator, device=centre.device) < 0.5
-    patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())[:, None]  # [n, 1, s·s]
-    new = patterns * _random_signs((n, channels, 1), centre, generator) + old / (old_norms + 1e-12)
-    scale = (free / channels + both_squared).sqrt()
-    new = new / (new.norm(dim=2, keepdim=True) + 1e-12) * scale[:, None, None]
+    new = _new_window(old, (free / channels + both_squared).sqrt(), size, generator)
     delta.view(n, channels, -1).scatter_(2, second[:, None, :].expand(-1, channels, -1), 0.0)
     _write_windows_(delta, first, new)
     new_norm = (norm_squared - both_squared).clamp_min(0.0).add_(new.square().sum(dim=(1, 2))).sqrt_()
@@ -192,22 +204,15 @@ def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilo
     set back to ``x`` and ``W₁`` to ``x + δ'_{W₁}`` clamped to the box, and its norm follows from
     the windows. The same random draws as :func:`_l2_proposal`, so the same search."""
     n, _, height, width = centre.shape
-    first_corners = _window_corners(n, size, height, width, centre, generator)
-    second_corners = _window_corners(n, size, height, width, centre, generator)
-    first, second = _indices_at(*first_corners, size, width), _indices_at(*second_corners, size, width)
+    first, second, overlap = _two_windows(n, size, height, width, centre, generator)
     flat_best, flat_centre = best.view(n, -1), centre.reshape(n, -1)
     first_centre, second_centre = flat_centre.gather(1, first), flat_centre.gather(1, second)
     first_before, second_before = flat_best.gather(1, first), flat_best.gather(1, second)
     old = first_before - first_centre  # δ on W₁, [n, s·s]
-    in_second = (second_before - second_centre) * ~_overlap_mask(first_corners, second_corners, size)
+    in_second = (second_before - second_centre) * ~overlap
     both_squared = old.double().square().sum(dim=1) + in_second.double().square().sum(dim=1)  # ‖δ_{W₁∪W₂}‖²
     free = (epsilon**2 - norm_squared).clamp_min(0.0)
-    pattern = square_pattern(size, centre.device)
-    transposed = torch.rand(n, generator=generator, device=centre.device) < 0.5
-    patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())  # [n, s·s]
-    new = patterns * _random_signs((n, 1), centre, generator) + old / (old.norm(dim=1, keepdim=True) + 1e-12)
-    scale = (free + both_squared).sqrt().to(new.dtype)
-    new = new / (new.norm(dim=1, keepdim=True) + 1e-12) * scale[:, None]
+    new = _new_window(old[:, None, :], (free + both_squared).sqrt().to(old.dtype), size, generator)[:, 0, :]
     first_values = clamp_to_box(first_centre + new, box)
     flat_best.scatter_(1, second, second_centre)  # δ' = 0 on W₂ …
     flat_best.scatter_(1, first, first_values)  # … and the new pattern on W₁

@@ -10,6 +10,8 @@ from lipreg.functional.losses import misclassified, per_sample_squared_error
 from lipreg.functional.quotients import sample_norm
 from lipreg.nets import MLP
 
+from ..helpers import CountingNet
+
 
 @pytest.fixture
 def classifier_and_batch():
@@ -138,18 +140,6 @@ def test_pgd_restarts_keep_the_worst_case_of_each_sample(classifier_and_batch):
     loss = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert (loss(net(several), y, reduction="none") >= loss(net(single), y, reduction="none") - 1e-6).all()
-
-
-class CountingNet(nn.Module):
-    """A network that counts the samples it is run on."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net, self.samples = net, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples += len(x)
-        return self.net(x)
 
 
 @pytest.mark.parametrize("restarts", [1, 3])
