@@ -21,6 +21,7 @@ from lipreg.functional.attacks import (
     loss_gradient,
     per_sample_view,
     select_samples,
+    select_samples_,
     steepest_direction,
 )
 from lipreg.functional.losses import LossFn, misclassified, per_sample_cross_entropy, targeted_dlr_loss
@@ -135,19 +136,20 @@ def apgd(
     loss, grad, logits = loss_and_gradient(start, y, rival)
     result = start.clone()
     s = _State(
-        centre=x, current=start, previous=start, grad=grad, loss=loss, best=start, best_grad=grad, best_loss=loss,
+        centre=x, current=start, previous=start, grad=grad, loss=loss, best=start.clone(), best_grad=grad.clone(),
+        best_loss=loss,
         step_size=torch.full_like(loss, 2 * epsilon), increases=torch.zeros_like(loss),
         best_loss_at_check=loss, reduced_at_check=torch.ones_like(loss, dtype=torch.bool),
         y=y, rival=rival, index=torch.arange(len(x), device=x.device),
-        done=torch.zeros_like(loss, dtype=torch.bool), first=start,
-    )
+        done=torch.zeros_like(loss, dtype=torch.bool), first=start.clone(),
+    )  # best, best_grad and first are selected into in place: none shares memory with another
 
     def record_adversarial(logits: Tensor) -> None:
         """Keep each sample's first adversarial iterate in ``s.first`` (no host read)."""
         if is_adversarial is None:
             return
         new = is_adversarial(logits, s.y) & ~s.done
-        s.first = select_samples(new, s.current, s.first)
+        select_samples_(new, s.current, s.first)
         s.done = s.done | new
 
     def write_finished() -> None:
@@ -179,16 +181,16 @@ def apgd(
         report_step()
         s.increases = s.increases + (s.loss > last_loss)
         improved = s.loss > s.best_loss
-        s.best = select_samples(improved, s.current, s.best)
-        s.best_grad = select_samples(improved, s.grad, s.best_grad)
+        select_samples_(improved, s.current, s.best)
+        select_samples_(improved, s.grad, s.best_grad)
         s.best_loss = torch.where(improved, s.loss, s.best_loss)
         if k + 1 in checkpoints:
             oscillating = s.increases <= rho * (k + 1 - last_check)
             stalled = ~s.reduced_at_check & (s.best_loss_at_check >= s.best_loss)
             reduce = oscillating | stalled
             s.step_size = torch.where(reduce, s.step_size / 2, s.step_size)
-            s.current = select_samples(reduce, s.best, s.current)
-            s.grad = select_samples(reduce, s.best_grad, s.grad)
+            select_samples_(reduce, s.best, s.current)
+            select_samples_(reduce, s.best_grad, s.grad)
             s.loss = torch.where(reduce, s.best_loss, s.loss)
             s.reduced_at_check, s.best_loss_at_check = reduce, s.best_loss
             s.increases = torch.zeros_like(s.increases)

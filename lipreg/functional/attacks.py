@@ -50,6 +50,13 @@ def select_samples(mask: Tensor, chosen: Tensor, other: Tensor) -> Tensor:
     return torch.lerp(other, chosen, per_sample_view(mask.to(chosen.dtype), chosen))
 
 
+def select_samples_(mask: Tensor, chosen: Tensor, into: Tensor) -> Tensor:
+    """:func:`select_samples` written into ``into`` (which must share no memory with ``chosen``):
+    ``chosen`` where the ``[B]`` bool ``mask`` holds, ``into`` left as it is elsewhere. A large
+    fresh tensor per step costs its allocation and first touch, more than the select itself."""
+    return into.lerp_(chosen, per_sample_view(mask.to(chosen.dtype), chosen))
+
+
 def loss_gradient(
     model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss_fn: LossFn, *loss_args: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:

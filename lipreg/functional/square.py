@@ -20,6 +20,7 @@ from lipreg.functional.losses import logit_margin
 from lipreg.functional.pairs import Box
 from lipreg.functional.progress import report_step
 from lipreg.functional.quotients import sample_norm
+from lipreg.functional.stem import affine_stem
 
 #: The iterations (out of 10,000, rescaled to the query budget) after which the window share p halves.
 HALVING_ITERATIONS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -65,24 +66,22 @@ def _random_signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generat
     return torch.randint(0, 2, shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
 
 
-def _window_corners(count: int, size: int, height: int, width: int, like: Tensor,
-                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """``[count, 1, 1]`` top rows and left columns of one ``size × size`` window per image, uniformly placed."""
-    top = torch.randint(0, height - size + 1, (count, 1, 1), generator=generator, device=like.device)
-    left = torch.randint(0, width - size + 1, (count, 1, 1), generator=generator, device=like.device)
-    return top, left
-
-
-def _indices_at(top: Tensor, left: Tensor, size: int, width: int) -> Tensor:
-    """``[count, s·s]`` flat pixel indices of the windows with these corners."""
-    offsets = torch.arange(size, device=top.device)
-    return ((top + offsets[:, None]) * width + left + offsets[None, :]).flatten(1)
+@functools.lru_cache(maxsize=64)
+def window_table(size: int, height: int, width: int, device: torch.device) -> Tensor:
+    """``[P, s·s]`` flat pixel indices of every ``size × size`` window of an ``height × width`` image, one
+    row per place, ``P = (H − s + 1)(W − s + 1)`` (built once per size; callers must not modify it)."""
+    corners = (torch.arange(height - size + 1, device=device)[:, None] * width
+               + torch.arange(width - size + 1, device=device)[None, :]).flatten()
+    steps = torch.arange(size, device=device)
+    offsets = (steps[:, None] * width + steps[None, :]).flatten()
+    return corners[:, None] + offsets[None, :]
 
 
 def _window_indices(count: int, size: int, height: int, width: int, like: Tensor,
                     generator: torch.Generator | None) -> Tensor:
     """``[count, s·s]`` flat pixel indices of one ``size × size`` window at a uniformly random place per image."""
-    return _indices_at(*_window_corners(count, size, height, width, like, generator), size, width)
+    table = window_table(size, height, width, like.device)
+    return table.index_select(0, torch.randint(0, len(table), (count,), generator=generator, device=like.device))
 
 
 def _windows(images: Tensor, indices: Tensor) -> Tensor:
@@ -120,32 +119,42 @@ def _linf_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box:
     return proposal
 
 
-def _overlap_mask(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], size: int) -> Tensor:
-    """``[n, s·s]``: which pixels of each image's ``second`` window lie inside its ``first`` (windows by corners)."""
-    offsets = torch.arange(size, device=first[0].device)
-    inside = [((start_2 + offsets) >= start_1) & ((start_2 + offsets) < start_1 + size)  # [n, 1, s] per axis
-              for start_1, start_2 in zip(first, second, strict=True)]
-    return (inside[0].transpose(1, 2) & inside[1]).flatten(1)
+@functools.lru_cache(maxsize=64)
+def signed_patterns(size: int, device: torch.device) -> Tensor:
+    """``[4, s·s]``: the L2 pattern, transposed, and both negated (:func:`square_pattern`; callers must
+    not modify it)."""
+    pattern = square_pattern(size, device)
+    oriented = torch.stack([pattern.flatten(), pattern.T.flatten()])
+    return torch.cat([oriented, -oriented])
 
 
 def _new_window(old: Tensor, scale: Tensor, size: int, generator: torch.Generator | None) -> Tensor:
     """Algorithm 3's new window ``[n, C, s·s]``: the pattern (transposed at random, a random sign per
-    channel) plus the direction of the ``old`` window, rescaled to the norm ``scale`` (``[n]``) per channel."""
+    channel) plus the direction of the ``old`` window, rescaled to the norm ``scale`` (``[n]``) per channel.
+    One channel: orientation and sign are one draw of :func:`signed_patterns`' rows."""
     n, channels = old.shape[:2]
-    pattern = square_pattern(size, old.device)
-    transposed = torch.rand(n, generator=generator, device=old.device) < 0.5
-    patterns = torch.where(transposed[:, None], pattern.T.flatten(), pattern.flatten())[:, None]  # [n, 1, s·s]
-    new = patterns * _random_signs((n, channels, 1), old, generator) + old / (old.norm(dim=2, keepdim=True) + 1e-12)
-    return new / (new.norm(dim=2, keepdim=True) + 1e-12) * scale[:, None, None]
+    patterns = signed_patterns(size, old.device)
+    if channels == 1:
+        drawn = patterns.index_select(0, torch.randint(0, 4, (n,), generator=generator, device=old.device))[:, None]
+    else:
+        oriented = patterns[:2].index_select(0, torch.randint(0, 2, (n,), generator=generator, device=old.device))
+        drawn = oriented[:, None] * _random_signs((n, channels, 1), old, generator)
+    new = drawn + old / (old.norm(dim=2, keepdim=True) + 1e-12)
+    return new * (scale[:, None, None] / (new.norm(dim=2, keepdim=True) + 1e-12))
 
 
 def _two_windows(n: int, size: int, height: int, width: int, like: Tensor,
-                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Algorithm 3's two random windows per image: flat indices, and which pixels of the second lie in the first."""
-    first_corners = _window_corners(n, size, height, width, like, generator)
-    second_corners = _window_corners(n, size, height, width, like, generator)
-    first, second = _indices_at(*first_corners, size, width), _indices_at(*second_corners, size, width)
-    return first, second, _overlap_mask(first_corners, second_corners, size)
+                 generator: torch.Generator | None) -> Tensor:
+    """Algorithm 3's two random windows per image as flat indices ``[n, 2·s·s]``: ``W₁`` the first
+    ``s·s`` columns, ``W₂`` the last (:func:`_split`)."""
+    table = window_table(size, height, width, like.device)
+    places = torch.randint(0, len(table), (2 * n,), generator=generator, device=like.device)
+    return table.index_select(0, places).view(n, -1)
+
+
+def _split(windows: Tensor) -> tuple[Tensor, Tensor]:
+    """``W₁``'s and ``W₂``'s columns of a ``[n, 2·s·s]`` tensor of :func:`_two_windows`."""
+    return windows.tensor_split(2, dim=1)  # type: ignore[return-value]
 
 
 def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
@@ -155,17 +164,18 @@ def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: B
 
     Four passes over the images (the difference, its norm, the rescaled sum, the clamp): the norms
     of the windows and of the new perturbation come from the windows alone,
-    ``‖δ'‖² = ‖δ‖² − ‖δ_{W₁∪W₂}‖² + ‖δ'_{W₁}‖²`` with ``‖δ_{W₁∪W₂}‖² = ‖δ_{W₁}‖² + ‖δ_{W₂}‖² − ‖δ_{W₁∩W₂}‖²``."""
+    ``‖δ'‖² = ‖δ‖² − ‖δ_{W₁∪W₂}‖² + ‖δ'_{W₁}‖²`` with ``‖δ_{W₁∪W₂}‖² = ‖δ_{W₂}‖² + ‖δ_{W₁\\W₂}‖²``, the
+    second term read from ``W₁`` once ``W₂`` is zeroed."""
     n, channels, height, width = centre.shape
     delta = best - centre
-    first, second, overlap = _two_windows(n, size, height, width, centre, generator)
+    first, second = _split(_two_windows(n, size, height, width, centre, generator))
     old = _windows(delta, first)  # [n, C, s·s]
-    in_second = _windows(delta, second) * ~overlap[:, None, :]  # W₂ \ W₁
-    both_squared = old.square().sum(dim=(1, 2)) + in_second.square().sum(dim=(1, 2))  # ‖δ_{W₁∪W₂}‖², [n]
+    in_second = _windows(delta, second).square().sum(dim=(1, 2))  # ‖δ_{W₂}‖², [n]
     norm_squared = sample_norm(delta).square()  # [n]
+    delta.view(n, channels, -1).scatter_(2, second[:, None, :].expand(-1, channels, -1), 0.0)
+    both_squared = in_second + _windows(delta, first).square().sum(dim=(1, 2))  # ‖δ_{W₁∪W₂}‖²
     free = (epsilon**2 - norm_squared).clamp_min(0.0)  # [n]
     new = _new_window(old, (free / channels + both_squared).sqrt(), size, generator)
-    delta.view(n, channels, -1).scatter_(2, second[:, None, :].expand(-1, channels, -1), 0.0)
     _write_windows_(delta, first, new)
     new_norm = (norm_squared - both_squared).clamp_min(0.0).add_(new.square().sum(dim=(1, 2))).sqrt_()
     proposal = torch.addcmul(centre, delta, per_sample_view(epsilon / new_norm.clamp_min(1e-12), delta))
@@ -174,23 +184,29 @@ def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: B
 
 @dataclass
 class _WindowUpdate:
-    """One L2 query's change to single-channel images, made in place: ``W₂`` (``second``) set to
-    ``second_values`` and then ``W₁`` (``first``) to ``first_values``; ``*_before`` the values they
-    had, ``squared`` the changed images' ``‖δ'‖²`` (float64)."""
+    """One L2 query's change to single-channel images, made in place: ``W₂`` set to ``x`` and then
+    ``W₁`` to ``first_values`` (``both`` their indices, :func:`_two_windows`); ``*_before`` the values they had
+    (``first_between`` ``W₁``'s after ``W₂`` was set), ``squared`` the changed images' ``‖δ'‖²`` (float64)."""
 
-    first: Tensor
-    second: Tensor
+    both: Tensor
     first_values: Tensor
     second_values: Tensor
     first_before: Tensor
+    first_between: Tensor
     second_before: Tensor
     squared: Tensor
 
     def keep(self, images: Tensor, kept: Tensor) -> None:
         """Keep the change in the images where ``kept`` holds, undo it in the others."""
-        flat, rows = images.view(len(images), -1), kept[:, None]
-        flat.scatter_(1, self.second, torch.where(rows, self.second_values, self.second_before))
-        flat.scatter_(1, self.first, torch.where(rows, self.first_values, self.first_before))
+        (first, second), flat, rows = _split(self.both), images.view(len(images), -1), kept[:, None]
+        flat.scatter_(1, second, torch.where(rows, self.second_values, self.second_before))
+        flat.scatter_(1, first, torch.where(rows, self.first_values, self.first_before))
+
+    def changes(self) -> tuple[Tensor, Tensor]:
+        """The changed pixels' flat indices and changes ``[n, 2·s·s]`` (an index of both windows twice: the
+        two changes add up to its whole change), for :meth:`lipreg.functional.stem.AffineStem.moved`."""
+        first, second = self.first_values - self.first_between, self.second_values - self.second_before
+        return self.both, torch.cat([first, second], dim=1)
 
 
 def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilon: float, size: int,
@@ -204,20 +220,22 @@ def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilo
     set back to ``x`` and ``W₁`` to ``x + δ'_{W₁}`` clamped to the box, and its norm follows from
     the windows. The same random draws as :func:`_l2_proposal`, so the same search."""
     n, _, height, width = centre.shape
-    first, second, overlap = _two_windows(n, size, height, width, centre, generator)
-    flat_best, flat_centre = best.view(n, -1), centre.reshape(n, -1)
-    first_centre, second_centre = flat_centre.gather(1, first), flat_centre.gather(1, second)
-    first_before, second_before = flat_best.gather(1, first), flat_best.gather(1, second)
+    both = _two_windows(n, size, height, width, centre, generator)
+    (first, second), flat_best = _split(both), best.view(n, -1)
+    first_centre, second_centre = _split(centre.reshape(n, -1).gather(1, both))
+    first_before, second_before = _split(flat_best.gather(1, both))
     old = first_before - first_centre  # δ on W₁, [n, s·s]
-    in_second = (second_before - second_centre) * ~overlap
-    both_squared = old.double().square().sum(dim=1) + in_second.double().square().sum(dim=1)  # ‖δ_{W₁∪W₂}‖²
+    flat_best.scatter_(1, second, second_centre)  # δ' = 0 on W₂ …
+    first_between = flat_best.gather(1, first)  # W₁ with W₂ zeroed: δ on W₁ \ W₂
+    both_squared = ((second_before - second_centre).square().sum(dim=1, dtype=torch.float64)
+                    + (first_between - first_centre).square().sum(dim=1, dtype=torch.float64))  # ‖δ_{W₁∪W₂}‖²
     free = (epsilon**2 - norm_squared).clamp_min(0.0)
     new = _new_window(old[:, None, :], (free + both_squared).sqrt().to(old.dtype), size, generator)[:, 0, :]
     first_values = clamp_to_box(first_centre + new, box)
-    flat_best.scatter_(1, second, second_centre)  # δ' = 0 on W₂ …
     flat_best.scatter_(1, first, first_values)  # … and the new pattern on W₁
-    squared = (norm_squared - both_squared).clamp_min(0.0) + (first_values - first_centre).double().square().sum(1)
-    return _WindowUpdate(first, second, first_values, second_centre, first_before, second_before, squared)
+    squared = ((norm_squared - both_squared).clamp_min(0.0)
+               + (first_values - first_centre).square().sum(dim=1, dtype=torch.float64))
+    return _WindowUpdate(both, first_values, second_centre, first_before, first_between, second_before, squared)
 
 
 def square(
@@ -239,8 +257,10 @@ def square(
     per channel), for L2 by the paper's Algorithm 3; the window covers the share
     :func:`window_share` of the image. An image leaves the search as soon as it is misclassified.
     For single-channel images under L2 each query is made in place on its two windows (the same
-    draws and, up to rounding, the same proposals: :func:`_l2_window_update`), so that a query
-    costs little more than its forward pass.
+    draws and, up to rounding, the same proposals: :func:`_l2_window_update`); and where the
+    network has an affine stem (an MLP: :func:`lipreg.functional.stem.affine_stem`) a query moves its
+    first pre-activation by the two windows' pixels alone and runs only the layers after it (re-read
+    in full every 256 queries, like ``‖δ‖²``, so that rounding cannot pile up).
     Starts: random ``±ε`` vertical stripes (L∞), a grid of the L2 pattern scaled to ε (L2).
 
     Returns:
@@ -265,6 +285,8 @@ def square(
         index = torch.arange(n, device=x.device)
         centre, labels = x, y
         windowed = norm == "l2" and channels == 1  # the proposal from the windows alone (_l2_window_update)
+        stem = affine_stem(model, best) if windowed else None  # then a query moves the first layer by its pixels
+        hidden = stem.pre_activation(best) if stem is not None else best.new_empty(n, 0)  # the stem's output
         norm_squared = sample_norm(best - x).double().square()  # ‖δ‖², kept up to date by the windowed search
         for step in range(queries - 1):  # the start was the first query
             robust = margin > 0
@@ -272,20 +294,28 @@ def square(
                 broken = (~robust).nonzero().squeeze(1)
                 result.index_copy_(0, index.index_select(0, broken), best.index_select(0, broken))
                 kept = robust.nonzero().squeeze(1)
-                index, centre, best, margin, labels, norm_squared = (
-                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, norm_squared))
+                index, centre, best, margin, labels, norm_squared, hidden = (
+                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, norm_squared, hidden))
             if len(index) == 0:
                 break
             side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
             if windowed:  # in place on the windows: no full-image pass but the forward
-                if step % 256 == 0:  # the running ‖δ‖² re-read, so that rounding cannot pile up
+                if step % 256 == 0:  # the running ‖δ‖² (and stem output) re-read, so that rounding cannot pile up
                     norm_squared = sample_norm(best - centre).double().square()
+                    if stem is not None:
+                        hidden = stem.pre_activation(best)
                 update = _l2_window_update(centre, best, norm_squared, epsilon, min(max(side, 3) | 1, height, width),
                                            box, generator)
-                new_margin = logit_margin(model(best), labels)
+                if stem is not None:
+                    new_hidden = stem.moved(hidden, *update.changes())
+                    new_margin = logit_margin(stem.tail(new_hidden), labels)
+                else:
+                    new_margin = logit_margin(model(best), labels)
                 better = new_margin < margin
                 update.keep(best, better)
                 norm_squared = torch.where(better, update.squared, norm_squared)
+                if stem is not None:
+                    hidden = select_samples(better, new_hidden, hidden)
             else:
                 if norm == "linf":
                     proposal = _linf_proposal(centre, best, epsilon, min(max(side, 1), height, width), box, generator)

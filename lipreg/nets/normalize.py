@@ -25,6 +25,11 @@ class Normalize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x if self.is_identity else (x - self.mean) / self.std
 
+    def elementwise_affine(self) -> tuple[Tensor, Tensor]:
+        """``(a, c)`` with ``(x − mean) / std = x ⊙ a + c``: ``a = 1 / std``, ``c = −mean / std``
+        (used by :func:`lipreg.functional.stem.affine_stem`)."""
+        return 1.0 / self.std, -self.mean / self.std
+
     def lipschitz_constant(self) -> float:
         """``1 / min(std)``: used by :func:`lipreg.functional.lipschitz_upper_bound`."""
         return 1.0 / self.std.min().item()

@@ -1,0 +1,103 @@
+"""Square's cheap L2 queries: the in-place window update proposes what Algorithm 3 proposes, and an
+MLP's affine stem gives the search the same margins as the whole network."""
+
+import pytest
+import torch
+from torch import nn
+
+from lipreg.functional.square import _l2_proposal, _l2_start, _l2_window_update, square, window_table
+from lipreg.functional.stem import affine_stem
+from lipreg.nets import MLP, MadryCNN
+from lipreg.nets.normalize import Normalize
+from tests.helpers import CountingNet
+
+
+def test_window_table_lists_every_window_once():
+    table = window_table(3, 5, 4, torch.device("cpu"))  # 3 × 2 places of a 3 × 3 window in a 5 × 4 image
+    assert table.shape == (6, 9)
+    assert table[0].tolist() == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    assert table[-1].tolist() == [9, 10, 11, 13, 14, 15, 17, 18, 19]  # the last row and column are reached
+    assert len({tuple(row) for row in table.tolist()}) == 6
+
+
+@pytest.mark.parametrize("size", [3, 5, 13, 25])  # 25 of 28: the two windows always overlap
+def test_the_in_place_window_update_proposes_what_algorithm_3_proposes(size):
+    torch.manual_seed(0)
+    centre, epsilon = torch.rand(64, 1, 28, 28), 1.5
+    best = _l2_start(centre, epsilon, torch.Generator().manual_seed(1)).clamp(0.0, 1.0)
+    squared = (best - centre).flatten(1).double().square().sum(1)
+
+    expected = _l2_proposal(centre, best, epsilon, size, (0.0, 1.0), torch.Generator().manual_seed(2))
+    proposal = best.clone()
+    update = _l2_window_update(centre, proposal, squared, epsilon, size, (0.0, 1.0), torch.Generator().manual_seed(2))
+
+    assert (proposal - expected).abs().max() < 1e-6  # the same draws, the same proposal
+    assert not torch.equal(proposal, best)
+    assert torch.allclose(update.squared, (proposal - centre).flatten(1).double().square().sum(1), rtol=1e-5)
+    indices, changes = update.changes()  # what the stem adds up: the whole change of each image
+    moved = best.clone().view(64, -1)
+    for row in range(64):
+        moved[row].index_put_((indices[row],), changes[row], accumulate=True)
+    assert (moved.view_as(best) - proposal).abs().max() < 1e-6
+
+    kept = torch.arange(64) % 2 == 0
+    update.keep(proposal, kept)
+    assert torch.equal(proposal[~kept], best[~kept])  # undone exactly
+    assert (proposal[kept] - expected[kept]).abs().max() < 1e-6
+
+
+def test_an_mlp_has_an_affine_stem_that_reproduces_it():
+    torch.manual_seed(0)
+    net = MLP([784, 32, 16, 10], mean=0.1307, std=0.3081).eval()
+    x = torch.rand(8, 1, 28, 28)
+    stem = affine_stem(net, x)
+    assert stem is not None and stem.matrix.shape == (784, 32)
+    with torch.no_grad():
+        assert torch.allclose(stem.tail(stem.pre_activation(x)), net(x), atol=1e-5)
+        indices = torch.tensor([[3, 3, 500]] * 8)  # an index twice: both changes add up
+        changes = torch.rand(8, 3)
+        changed = x.clone().view(8, -1)
+        changed[:, 3] += changes[:, 0] + changes[:, 1]
+        changed[:, 500] += changes[:, 2]
+        moved = stem.moved(stem.pre_activation(x), indices, changes)
+        assert torch.allclose(moved, stem.pre_activation(changed.view_as(x)), atol=1e-5)
+
+
+class Doubled(nn.Module):
+    """Holds its layers as ``layers`` but computes something else with them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.layers(x)
+
+
+@pytest.mark.parametrize("network", [
+    MadryCNN(),  # a convolution first
+    nn.Sequential(Normalize(0.5, 0.2), nn.Flatten(), nn.ReLU(), nn.Linear(784, 10)),  # not affine before the Linear
+    Doubled(),  # its forward is not its layers
+    CountingNet(MLP([784, 10])),  # no layers of its own
+])
+def test_networks_without_an_affine_stem_have_none(network):
+    assert affine_stem(network.eval(), torch.rand(4, 1, 28, 28)) is None
+
+
+def test_square_searches_an_mlp_through_its_stem_as_through_the_whole_network():
+    torch.manual_seed(0)
+    net = MLP([784, 32, 10], activation="sigmoid", mean=0.1307, std=0.3081).double().eval()
+    x = torch.rand(40, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    first_layer_calls = []
+    net.layers[2].register_forward_hook(lambda *_: first_layer_calls.append(1))
+    through_stem = square(net, x, y, 2.0, "l2", 600, generator=torch.Generator().manual_seed(3))
+    stem_passes = len(first_layer_calls)  # the start, the stem's check, a re-read every 256 queries
+    whole = CountingNet(net)  # hides the layers: every query a whole forward pass
+    through_network = square(whole, x, y, 2.0, "l2", 600, generator=torch.Generator().manual_seed(3))
+    assert (through_stem - through_network).abs().max() < 1e-9  # float64: the same search, query by query
+    with torch.no_grad():
+        broken = (net(through_stem).argmax(1) != y).sum()
+    assert 0 < broken < len(x)  # a radius where the search has work to do
+    assert stem_passes <= 5 and len(first_layer_calls) - stem_passes > 100  # the stem skipped the first layer
