@@ -199,3 +199,19 @@ def test_no_layer_imports_one_above_it(package: str):
         imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         upward = [name for name in imported if name.startswith(LAYERS[package])]
         assert not upward, f"{path.name} imports {upward}"
+
+
+def test_only_a_certificate_of_the_network_with_rival_radii_prunes_the_targeted_rivals():
+    torch.manual_seed(0)
+    net, x = MLP([4, 8, 3]).eval(), torch.rand(6, 4)
+    with torch.no_grad():
+        logits = net(x)
+    y = logits.argmax(1)
+    pruned = EvaluationSuite.for_network(EvaluationPlan(), net, CLASSIFICATION, (4,), (0.0, 1.0))
+    open_rivals = pruned.reachable(0.01, x)
+    assert open_rivals is not None  # the class-pair certificate is a RivalCertifier
+    assert not open_rivals(logits, y).all()  # at a tiny radius it rules rivals out
+    assert open_rivals(logits, y).shape == (6, 3)
+    smoothed = EvaluationSuite.for_network(EvaluationPlan(certificate="smoothing"), net, CLASSIFICATION, (4,),
+                                           (0.0, 1.0))
+    assert smoothed.reachable(0.01, x) is None  # not a certificate of the network itself, no per-class radii

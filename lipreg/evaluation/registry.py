@@ -9,7 +9,7 @@ makes it the evaluation's ``certificate``.
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -79,9 +79,21 @@ def build_attack(name: str, model: Callable[[Tensor], Tensor], epsilon: float, n
 Certifier = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+@runtime_checkable
+class RivalCertifier(Protocol):
+    """A :data:`Certifier` that also proves, per rival class, the L2 radius within which that class
+    cannot overtake the label; with it the targeted attacks skip the rivals ruled out at ε."""
+
+    def __call__(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor: ...
+
+    def rival_radii(self, logits: Tensor, y: Tensor) -> Tensor:
+        """``[B, C]`` radii (those of the label itself are not read)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ClassPairCertifier:
-    """The class-pair certificate of one network: ``B`` its proven class-pair bounds
+    """The class-pair certificate of one network (a :class:`RivalCertifier`): ``B`` its proven class-pair bounds
     (:func:`lipreg.functional.bounds.class_pair_bounds`). Called, the per-image radius
     ``min_{j≠y} (f_y − f_j) / B[y, j]``; :meth:`rival_radii` gives each class's term, with which the
     targeted attacks skip the rivals that cannot win inside the ball."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from lipreg.evaluation.plan import PGD_CURVES, EvaluationPlan
-from lipreg.evaluation.registry import CERTIFICATES, Certifier, build_attack
+from lipreg.evaluation.registry import CERTIFICATES, Certifier, RivalCertifier, build_attack
 from lipreg.functional import fgsm, gaussian_noise, lipschitz_lower_bound, lipschitz_upper_bound, pgd
 from lipreg.functional.bounds import l2_reach
 from lipreg.functional.ensemble import Attack, robust_under_ensemble, worst_case_error
@@ -53,8 +53,8 @@ class EvaluationSuite:
         net: the network (left in its mode; parametrised weights are computed once per chunk).
         task: the task's losses and score.
         box: the valid input range (attacks are clamped to it; ``None``: unbounded).
-        certifier: the per-image certified radius (``None``: no certificate); one with a
-            ``rival_radii(logits, y)`` method (``ClassPairCertifier``) also prunes APGD-T's rivals.
+        certifier: the per-image certified radius (``None``: no certificate); a
+            :class:`~lipreg.evaluation.registry.RivalCertifier` (``ClassPairCertifier``) also prunes APGD-T's rivals.
         certifies_network: whether the certificate proves the network itself robust (then an image
             certified beyond ε is not attacked at ε); a smoothed classifier's is not.
         image_inputs: whether inputs are images ``[C, H, W]`` (Square needs them).
@@ -153,11 +153,11 @@ class EvaluationSuite:
     def reachable(self, epsilon: float, x: Tensor) -> Callable[[Tensor, Tensor], Tensor] | None:
         """``(logits, y) -> [B, C]``: the rival classes the certificate cannot rule out at ε (``None``:
         no certificate of the network with per-class radii, so every rival is attacked)."""
-        rival_radii = getattr(self.certifier, "rival_radii", None)
-        if rival_radii is None or not self.certifies_network:
+        certifier = self.certifier
+        if not isinstance(certifier, RivalCertifier) or not self.certifies_network:
             return None
         reach = self.reach(epsilon, x)
-        return lambda logits, y: rival_radii(logits, y) <= reach
+        return lambda logits, y: certifier.rival_radii(logits, y) <= reach
 
     def members(self, epsilon: float, x: Tensor) -> list[tuple[str, Attack]]:
         """The ensemble's attacks at ε on images like ``x``, each announcing its stage when it starts."""
