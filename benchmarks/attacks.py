@@ -29,8 +29,9 @@ ensemble built from torchattacks, and the time of a full ``lipreg test`` on MNIS
    forward+backward passes alone take which no schedule can skip (per radius, each robust image
    that the certificate does not prove robust goes through APGD-CE's steps, at least one APGD-T
    run and Square's queries; each robust image through both PGD columns' steps), at the per-image
-   cost of one pass over a batch of 1,000 measured in the same process; 0.2× the old time below
-   that floor cannot be reached without a smaller ensemble.
+   cost of one pass over a batch of 1,000 measured in the same process (a Square query on an MLP:
+   its affine stem's move by two 3 × 3 windows and the layers after it, Square's cheapest query);
+   0.2× the old time below that floor cannot be reached without a smaller ensemble.
 """
 
 import argparse
@@ -51,6 +52,7 @@ from lipreg.data import MNISTDataModule
 from lipreg.evaluation.registry import build_attack
 from lipreg.functional import pgd
 from lipreg.functional.ensemble import EnsembleBudget, robust_under_ensemble
+from lipreg.functional.stem import affine_stem
 from lipreg.methods.base import LipRegModule
 from lipreg.nets import MLP
 
@@ -224,19 +226,33 @@ def compare_test_runs(args: argparse.Namespace, config: Path, checkpoint: Path) 
 
 def pass_seconds(net: torch.nn.Module, shape: tuple[int, ...] = (1, 28, 28), batch: int = 1000,
                  repeats: int = 20) -> tuple[float, float]:
-    """Seconds per image of one forward pass and of one forward+backward pass (input gradient)."""
+    """Seconds per image of Square's cheapest query and of one forward+backward pass (input gradient).
+
+    A query is a forward pass; on a network with an affine stem (an MLP:
+    ``lipreg.functional.stem.affine_stem``) it is the stem's move by two 3 × 3 windows (Square's
+    smallest, those of most of its queries) and the layers after the stem."""
     x = torch.rand(batch, *shape)
+    stem = affine_stem(net, x)
     with torch.no_grad():
-        net(x)
+        if stem is None:
+            def query() -> torch.Tensor:
+                return net(x)
+        else:
+            hidden = stem.pre_activation(x)
+            indices, changes = torch.randint(0, x[0].numel(), (batch, 18)), torch.rand(batch, 18)
+
+            def query() -> torch.Tensor:
+                return stem.tail(stem.moved(hidden, indices, changes))
+        query()
         start = time.perf_counter()
         for _ in range(repeats):
-            net(x)
-        forward = (time.perf_counter() - start) / (repeats * batch)
+            query()
+        query_seconds = (time.perf_counter() - start) / (repeats * batch)
     start = time.perf_counter()
     for _ in range(repeats):
         x_in = x.detach().requires_grad_(True)
         torch.autograd.grad(net(x_in).logsumexp(dim=1).sum(), x_in)
-    return forward, (time.perf_counter() - start) / (repeats * batch)
+    return query_seconds, (time.perf_counter() - start) / (repeats * batch)
 
 
 def pass_floor(checkpoint: Path, result: dict) -> float:
@@ -245,12 +261,13 @@ def pass_floor(checkpoint: Path, result: dict) -> float:
     return floor_seconds(result, *pass_seconds(net))
 
 
-def floor_seconds(result: dict, forward: float, backward: float) -> float:
-    """The pass floor of a ``robustness.json`` at ``forward``/``backward`` seconds per image and pass.
+def floor_seconds(result: dict, query: float, backward: float) -> float:
+    """The pass floor of a ``robustness.json`` at ``query`` seconds per image and Square query
+    (:func:`pass_seconds`) and ``backward`` per image and forward+backward pass.
 
     Per ε: ``R`` robust images, ``C`` an upper bound of those certified at ε (the certified accuracy
     at the largest certified radius ≤ ε; ``C = R`` with none ≤ ε, ``C = 0`` without a certificate):
-    ``(R − C)·(apgd_steps·2·t_fb + queries·t_f) + R·k·pgd_steps·t_fb`` for the ``k`` PGD columns it has."""
+    ``(R − C)·(apgd_steps·2·t_fb + queries·t_q) + R·k·pgd_steps·t_fb`` for the ``k`` PGD columns it has."""
     settings, attacked = result["settings"], result["attack_samples"]
     certified = sorted((radius, value) for radius, value in result.get("certified", []))
     columns = sum(1 for curve in ("pgd", "pgd_sign") if result["curves"].get(curve))
@@ -262,7 +279,7 @@ def floor_seconds(result: dict, forward: float, backward: float) -> float:
             uncertified = robust  # no certificate: every robust image is attacked
         else:
             uncertified = robust - min(robust, below[-1] * attacked) if below else 0.0
-        seconds += uncertified * (2 * settings["apgd_steps"] * backward + settings["square_queries"] * forward)
+        seconds += uncertified * (2 * settings["apgd_steps"] * backward + settings["square_queries"] * query)
         seconds += robust * columns * settings["pgd_steps"] * backward
     return seconds
 

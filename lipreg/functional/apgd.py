@@ -136,13 +136,13 @@ def apgd(
     loss, grad, logits = loss_and_gradient(start, y, rival)
     result = start.clone()
     s = _State(
-        centre=x, current=start, previous=start, grad=grad, loss=loss, best=start.clone(), best_grad=grad.clone(),
-        best_loss=loss,
+        centre=x, current=start, previous=start.clone(), stepped=torch.empty_like(start), grad=grad, loss=loss,
+        best=start.clone(), best_grad=grad.clone(), best_loss=loss,
         step_size=torch.full_like(loss, 2 * epsilon), increases=torch.zeros_like(loss),
         best_loss_at_check=loss, reduced_at_check=torch.ones_like(loss, dtype=torch.bool),
         y=y, rival=rival, index=torch.arange(len(x), device=x.device),
         done=torch.zeros_like(loss, dtype=torch.bool), first=start.clone(),
-    )  # best, best_grad and first are selected into in place: none shares memory with another
+    )  # previous, stepped, best, best_grad and first are written in place: none shares memory with another
 
     def record_adversarial(logits: Tensor) -> None:
         """Keep each sample's first adversarial iterate in ``s.first`` (no host read)."""
@@ -168,12 +168,12 @@ def apgd(
             weight = 1.0 if k == 0 else rho
             if norm == "l2":  # x + η·g/‖g‖ in one pass
                 scale = s.step_size / sample_norm(s.grad).clamp_min(MIN_DISTANCE)
-                z = project(torch.addcmul(s.current, s.grad, per_sample_view(scale, s.grad)), s.centre)
+                z = project(torch.addcmul(s.current, s.grad, per_sample_view(scale, s.grad), out=s.stepped), s.centre)
             else:
                 z = project(s.current + steepest_direction(s.grad, norm) * per_sample_view(s.step_size, s.current),
                             s.centre)
-            # x + α(z − x) + (1 − α)(x − x_prev) = lerp(2x − x_prev, z, α)
-            moved = project(torch.add(s.current, s.current).sub_(s.previous).lerp_(z, weight), s.centre)
+            # x + α(z − x) + (1 − α)(x − x_prev) = lerp(2x − x_prev, z, α), written over x_prev
+            moved = project(s.previous.neg_().add_(s.current, alpha=2.0).lerp_(z, weight), s.centre)
         s.previous, s.current = s.current, moved
         last_loss = s.loss
         s.loss, s.grad, logits = loss_and_gradient(s.current, s.y, s.rival)
