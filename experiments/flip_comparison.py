@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                      "--evaluation.output_dir", str(args.out / "runs" / name.replace(" ", "_"))]
         if method == "sumflip":
             overrides += ["--data.init_args.lipschitz_size", str(args.lipschitz_size)]
-        if args.limit_batches:  # a smoke run: few batches everywhere
+        if args.limit_batches:  # a smoke run: few batches everywhere, a small attack budget
             overrides += ["--trainer.limit_train_batches", str(args.limit_batches),
                           "--trainer.limit_val_batches", str(args.limit_batches),
                           "--trainer.limit_test_batches", str(args.limit_batches),
-                          "--evaluation.lipschitz_pairs", str(args.limit_batches * 10)]
+                          "--evaluation.lipschitz_pairs", str(args.limit_batches * 10),
+                          "--evaluation.apgd_steps", "5", "--evaluation.square_queries", "20"]
         cli = configured_run(f"mnist_{method}", args.out / "logs" / method, *overrides)
         timer = TrainingTimer()
         cli.trainer.callbacks.append(timer)

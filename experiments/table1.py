@@ -81,7 +81,8 @@ def run_row(dataset: str, method: str, target: float | None, args: argparse.Name
                       "--trainer.limit_val_batches", str(args.limit_batches),
                       "--trainer.limit_test_batches", str(args.limit_batches),
                       "--evaluation.sample_size", str(args.limit_batches * 10), "--evaluation.train_accuracy", "false",
-                      "--evaluation.lipschitz_pairs", str(args.limit_batches * 10)]
+                      "--evaluation.lipschitz_pairs", str(args.limit_batches * 10), "--evaluation.apgd_steps", "5",
+                      "--evaluation.square_queries", "20", "--data.init_args.eval_batch_size", "100"]
     resume = latest_checkpoint(out) if args.resume else None
     if resume is not None:  # continue the interrupted run in its own directory
         print(f"resuming {out} from {resume}", flush=True)

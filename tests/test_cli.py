@@ -47,9 +47,15 @@ def test_every_config_is_shipped_with_a_header_comment():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_runs_fast_dev_run(config: Path, request: pytest.FixtureRequest):
+    """Every config's pieces together, on small image batches: validation batches of 100 (the configs'
+    1,000 make PGD validation of the CNN most of the run) and at most 256 held-out pair images (the
+    first CLIP step ascends every pair of the set)."""
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar", "false"]
     if needs_data_dir(config):
-        args += ["--data.init_args.data_dir", str(request.getfixturevalue("data_dir"))]
+        args += ["--data.init_args.data_dir", str(request.getfixturevalue("data_dir")),
+                 "--data.init_args.eval_batch_size", "100"]
+        if yaml.safe_load(config.read_text())["data"].get("init_args", {}).get("lipschitz_size"):
+            args += ["--data.init_args.lipschitz_size", "256"]
     run(args)
 
 
@@ -90,7 +96,8 @@ def test_test_subcommand_reports_accuracy(tmp_path: Path, data_dir: Path):
     run(["fit", *common, "--trainer.max_epochs", "1",
           "--trainer.limit_val_batches", "1"])
     (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt")
-    quick = ["--evaluation.sample_size", "300", "--evaluation.pgd_steps", "10"]
+    quick = ["--evaluation.sample_size", "300", "--evaluation.pgd_steps", "10", "--evaluation.apgd_steps", "10",
+             "--evaluation.square_queries", "100"]
     cli = run(["test", *common, "--ckpt_path", str(checkpoint), *quick])
     metrics = cli.trainer.callback_metrics
     assert 0.5 < metrics["test/acc"].item() <= 1.0

@@ -91,7 +91,8 @@ def test_two_process_clip_agrees_across_ranks_and_matches_single_process_evaluat
 
     # `lipreg test` in two processes: the report's clean accuracy is that of the whole test split
     quick = ["--evaluation.sample_size", "200", "--evaluation.pgd_steps", "3", "--evaluation.lipschitz_pairs", "50",
-             "--evaluation.train_accuracy", "false"]
+             "--evaluation.train_accuracy", "false", "--evaluation.apgd_steps", "5", "--evaluation.apgd_targets", "2",
+             "--evaluation.square_queries", "50"]
     tested = lipreg("test", *method_args("clip", data_dir, tmp_path / "test"), *DDP, "--ckpt_path", str(checkpoint),
                     *quick)
     assert tested.returncode == 0, tested.stderr[-3000:]

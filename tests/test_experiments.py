@@ -62,7 +62,7 @@ def test_table1_runs_on_fashion_mnist(tmp_path: Path, data_dir: Path):
 
 def test_flip_comparison_writes_curves_and_times(tmp_path: Path, data_dir: Path):
     args = ["--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "1", "--limit-batches", "3",
-            "--sample-size", "40"]
+            "--sample-size", "40", "--lipschitz-size", "256"]
     results = flip_comparison.main(args)
     assert list(results) == ["STA", "SUM FLIP", "TV", "pTV", "ADV FGSM"]
     assert {"comparison.png", "comparison.csv", "times.md", "flip.json"} <= {p.name for p in tmp_path.iterdir()}
