@@ -264,10 +264,11 @@ def test_progress_lines_name_the_stage_images_done_and_time_left(capsys: pytest.
     quiet_trainer(callbacks=[evaluation(progress_every=1e-6)]).test(Standard(net), data)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lipreg test:")]
     assert lines[0].startswith("lipreg test: attacking 90 test images (or as many as fit in 15.0 min) with PGD-L2")
-    inside = [line for line in lines if " on 32 images" in line]  # chunks of 32 images
+    inside = [line for line in lines if " on 32 images" in line]  # the first chunk: 32 images, to time them
     assert any("apgd-t ε=0.6 on 32 images" in line for line in inside)
     assert any("pgd_sign ε=0.3 on 32 images" in line for line in inside)
-    assert any("64 of 90 images done" in line and "left" in line for line in lines)
+    assert any("32 of 90 images done" in line and "left" in line for line in lines)
+    assert any("on 58 images" in line for line in lines)  # the other two batches wait and go as one chunk
 
 
 def test_progress_extrapolates_from_the_stages_done():
@@ -381,12 +382,30 @@ def test_one_gate_for_sample_size_and_time():
     x, y = torch.zeros(50, 2), torch.zeros(50, dtype=torch.long)
     gate = ImageSchedule(sample_size=120, minutes=1.0, first_chunk=10)
     first = [len(chunk) for chunk, _ in gate.chunks(x, y)]
-    assert first[0] == 10 and sum(first) == 50 and gate.remaining == 70
+    assert first == [10] and len(gate.held[0]) == 40 and gate.remaining == 70  # the rest waits for a chunk
     gate.started -= 120.0  # the budget is spent
     assert [len(chunk) for chunk, _ in gate.chunks(x, y)] == [] and gate.reached
-    assert len(gate.take(x, y)[0]) == 0
+    assert list(gate.rest()) == [] and len(gate.take(x, y)[0]) == 0
     shards = [ImageSchedule(sample_size=5, rank=rank, world_size=2) for rank in (0, 1)]
     assert [len(s.take(x, y)[0]) for s in shards] == [3, 2]
+
+
+def test_chunks_gather_images_over_batches_and_the_rest_comes_at_the_end():
+    x, y = torch.arange(30.0)[:, None], torch.arange(30)
+    batches = [(x[i : i + 6], y[i : i + 6]) for i in range(0, 30, 6)]
+    gate = ImageSchedule(minutes=10.0, first_chunk=4, attack_share=1.0)
+    chunks = [chunk for chunk, _ in gate.chunks(*batches[0])]
+    assert [len(c) for c in chunks] == [4] and len(gate.held[0]) == 2  # the pace is not known yet
+    gate.started -= 23.9  # the 4 images took about 6 s each: a tenth of the 600 s is a chunk of 10
+    chunks += [chunk for chunk, _ in gate.chunks(*batches[1])]
+    assert [len(c) for c in chunks] == [4]  # 8 images wait: too few for a chunk
+    chunks += [chunk for chunk, _ in gate.chunks(*batches[2])]
+    assert [len(c) for c in chunks] == [4, 10]  # one chunk from three batches
+    for batch in batches[3:]:
+        chunks += [chunk for chunk, _ in gate.chunks(*batch)]
+    chunks += [chunk for chunk, _ in gate.rest()]  # the end of the data: the images left, however few
+    assert torch.equal(torch.cat(chunks), x) and list(gate.rest()) == []  # every image once, in order
+    assert [len(chunk) for chunk, _ in ImageSchedule().chunks(*batches[0])] == [6]  # no budget: a batch a chunk
 
 
 def test_the_lower_bound_stops_when_told_and_is_still_a_bound():

@@ -1,5 +1,6 @@
 """Robustness evaluation at test time: the callback behind ``lipreg test`` over ``lipreg.evaluation``."""
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,8 @@ class RobustnessEvaluation(L.Callback):
         smoothing_alpha: α, the failure probability per image.
         progress_every: seconds between progress lines (0: none).
         time_budget: minutes the evaluation may take (null: no limit). The first ``sample_size``
-            test images (all when null) are attacked in turn, in chunks, until the next chunk would
+            test images (all when null) are attacked in turn, in chunks gathered over test batches
+            (each about a tenth of the budget at the measured pace), until the next chunk would
             not fit into 80 % of the budget; the table and the JSON say how many were, with the 95 %
             intervals that gives. The Lipschitz lower bound's ascent stops when the whole budget is
             spent (it is a bound after any step). Images a certificate already proves robust at ε
@@ -181,7 +183,10 @@ class RobustnessEvaluation(L.Callback):
                           batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         self.scores.count_test_samples(len(x), x.device)
-        for x_chunk, y_chunk in self.schedule.chunks(x, y):
+        self._attack(self.schedule.chunks(x, y))
+
+    def _attack(self, chunks: Iterator[tuple[Tensor, Tensor]]) -> None:
+        for x_chunk, y_chunk in chunks:
             self.progress.begin_batch(len(x_chunk))
             with reporting(self._heartbeat):
                 self.scores.add(self.suite.score(x_chunk, y_chunk))
@@ -218,6 +223,7 @@ class RobustnessEvaluation(L.Callback):
             incomplete=not finished)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._attack(self.schedule.rest())  # the images still waiting for a chunk to fill
         self.result = result = self.build_result(trainer, pl_module)
         short = pl_module.task_spec.short
         logged = {f"test/{curve}_{short}@{parameter:g}": value

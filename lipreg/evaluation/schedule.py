@@ -3,6 +3,7 @@
 import time
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 
 
@@ -18,8 +19,11 @@ class ImageSchedule:
     is :meth:`spent`). Images go in chunks: the first of ``first_chunk`` images, then as many as the
     measured seconds per image say fit into ``chunk_share`` of the budget (at most what is left of the
     attacks' share), so the decision to stop comes on time even when one batch would take longer
-    than the whole budget. Once a chunk would not fit, no further image is attacked (:attr:`reached`).
-    Without a budget a batch is one chunk.
+    than the whole budget. A chunk is gathered over test batches: the images of a batch that do not
+    fill one wait for the next batch (:meth:`rest` attacks those left at the end), since an attack
+    step costs nearly as much on a few images as on a chunk of thousands where the network is small.
+    Once a chunk would not fit, no further image is attacked (:attr:`reached`). Without a budget a
+    batch is one chunk.
     """
 
     def __init__(self, sample_size: int | None = None, rank: int = 0, world_size: int = 1,
@@ -32,6 +36,7 @@ class ImageSchedule:
         self.started = time.monotonic()
         self.images = 0
         self.reached = False
+        self.held: tuple[Tensor, Tensor] | None = None  # images waiting for a chunk to fill
 
     def take(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The part of the batch within ``sample_size`` (possibly empty); the time budget is not asked."""
@@ -44,13 +49,30 @@ class ImageSchedule:
         return x[:count], y[:count]
 
     def chunks(self, x: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
-        """The images of the batch to attack, chunk by chunk; each counts as done when the next is asked for."""
+        """The images to attack after this batch, chunk by chunk: those held from earlier batches, then
+        this batch's; each counts as done when the next is asked for. Under a budget the images that
+        do not fill a chunk are held for the next batch."""
         x, y = self.take(x, y)
+        if self.held is not None:
+            x, y = torch.cat([self.held[0], x]), torch.cat([self.held[1], y])
+            self.held = None
+        return self._chunked(x, y, last=False)
+
+    def rest(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The held images at the end of the test data, chunk by chunk (none held: nothing)."""
+        held, self.held = self.held, None
+        return iter(()) if held is None or self.reached else self._chunked(*held, last=True)
+
+    def _chunked(self, x: Tensor, y: Tensor, last: bool) -> Iterator[tuple[Tensor, Tensor]]:
         start = 0
         while start < len(x):
-            size = self.next_chunk(len(x) - start)
-            if size == 0:
+            remaining, wanted = len(x) - start, self.chunk_size()
+            if wanted == 0:
                 return
+            if wanted is not None and wanted > remaining and not last:
+                self.held = x[start:], y[start:]  # too few for a chunk: they wait for the next batch
+                return
+            size = remaining if wanted is None else min(wanted, remaining)
             yield x[start : start + size], y[start : start + size]
             self.images += size
             start += size
@@ -59,19 +81,25 @@ class ImageSchedule:
         """Seconds since the schedule started."""
         return time.monotonic() - self.started
 
-    def next_chunk(self, remaining: int) -> int:
-        """How many of the ``remaining`` images of a batch to attack next; 0 once the budget is spent."""
-        if self.seconds is None or remaining == 0:
-            return remaining
+    def chunk_size(self) -> int | None:
+        """How many images the next chunk should have: ``first_chunk`` before any was measured, 0 once
+        the budget is spent (and then :attr:`reached`), ``None`` without a budget (all at once)."""
+        if self.seconds is None:
+            return None
         if self.images == 0:
-            return min(remaining, self.first_chunk)
+            return self.first_chunk
         elapsed = self.elapsed()
         per_image = elapsed / self.images
         fitting = int((self.seconds - elapsed) / per_image)
         if fitting < 1:
             self.reached = True
             return 0
-        return max(1, min(remaining, fitting, int(self.chunk_share * self.seconds / per_image)))
+        return max(1, min(fitting, int(self.chunk_share * self.seconds / per_image)))
+
+    def next_chunk(self, remaining: int) -> int:
+        """How many of ``remaining`` images to attack next: :meth:`chunk_size`, at most ``remaining``."""
+        wanted = self.chunk_size() if remaining else 0
+        return remaining if wanted is None else min(remaining, wanted)
 
     def spent(self) -> bool:
         """Whether the whole time budget (attacks and what follows) has run out."""
