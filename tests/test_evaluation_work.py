@@ -362,17 +362,17 @@ def test_the_table_says_how_many_images_one_point_needs():
 
 def test_chunks_follow_the_measured_cost():
     clock = ImageSchedule(minutes=1.0, first_chunk=100, attack_share=1.0)
-    assert clock.next_chunk(1000) == 100
+    assert clock.chunk_size() == 100
     clock.started -= 6.0  # the first 100 images took 6 s: 0.06 s an image
     clock.images += 100
-    assert clock.next_chunk(1000) in (99, 100)  # a tenth of the budget (6 s) fits 100 images
+    assert clock.chunk_size() in (99, 100)  # a tenth of the budget (6 s) fits 100 images
     clock.started -= 60.0
-    assert clock.next_chunk(1000) == 0 and clock.reached
-    assert ImageSchedule().next_chunk(1000) == 1000 and not ImageSchedule().spent()
+    assert clock.chunk_size() == 0 and clock.reached
+    assert ImageSchedule().chunk_size() is None and not ImageSchedule().spent()  # no budget: all at once
     shared = ImageSchedule(minutes=1.0, attack_share=0.8)  # the attacks stop at 48 s, the bounds at 60 s
     shared.started -= 50.0
     shared.images += 10
-    assert shared.next_chunk(100) == 0 and not shared.spent()
+    assert shared.chunk_size() == 0 and not shared.spent()
     shared.started -= 11.0
     assert shared.spent()
 

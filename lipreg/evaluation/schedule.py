@@ -96,11 +96,6 @@ class ImageSchedule:
             return 0
         return max(1, min(fitting, int(self.chunk_share * self.seconds / per_image)))
 
-    def next_chunk(self, remaining: int) -> int:
-        """How many of ``remaining`` images to attack next: :meth:`chunk_size`, at most ``remaining``."""
-        wanted = self.chunk_size() if remaining else 0
-        return remaining if wanted is None else min(remaining, wanted)
-
     def spent(self) -> bool:
         """Whether the whole time budget (attacks and what follows) has run out."""
         return self.total is not None and self.elapsed() >= self.total

@@ -299,7 +299,7 @@ def square(
             if len(index) == 0:
                 break
             side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
-            if windowed:  # in place on the windows: no full-image pass but the forward
+            if windowed:  # in place on the windows: no full-image pass but the forward (none at all with a stem)
                 if step % 256 == 0:  # the running ‖δ‖² (and stem output) re-read, so that rounding cannot pile up
                     norm_squared = sample_norm(best - centre).double().square()
                     if stem is not None:
