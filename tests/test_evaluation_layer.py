@@ -215,3 +215,36 @@ def test_only_a_certificate_of_the_network_with_rival_radii_prunes_the_targeted_
     smoothed = EvaluationSuite.for_network(EvaluationPlan(certificate="smoothing"), net, CLASSIFICATION, (4,),
                                            (0.0, 1.0))
     assert smoothed.reachable(0.01, x) is None  # not a certificate of the network itself, no per-class radii
+
+
+def test_the_report_counts_the_rivals_the_certificate_rules_out_of_apgd_t():
+    from lipreg.evaluation.accumulator import ScoreAccumulator
+    from lipreg.report import ensemble_summary
+
+    torch.manual_seed(0)
+    net = MLP([4, 8, 8, 4]).eval()
+    x = torch.rand(60, 4)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    plan = EvaluationPlan(noise_sigmas=[], fgsm_epsilons=[], pgd_epsilons=[0.3], pgd_steps=2, apgd_steps=2,
+                          ensemble=["apgd-ce", "apgd-t"], certified_radii=[0.01])
+    suite = EvaluationSuite.for_network(plan, net, CLASSIFICATION, (4,), (0.0, 1.0))
+    assert suite.prunes_rivals
+    scores = suite.score(x, y)
+    ruled_out, in_all = (int(v) for v in scores.rivals[0.3])
+    attacked = in_all // 3  # three rivals each
+    assert in_all == 3 * attacked and 0 < attacked < len(x)  # some images are certified at 0.3, some not
+    assert 0 < ruled_out <= 2 * attacked  # each attacked image has a rival left open, or it would be certified
+    accumulator = ScoreAccumulator(plan, CLASSIFICATION, plan.members(CLASSIFICATION, False), True,
+                                   torch.device("cpu"), suite.prunes_rivals)
+    accumulator.add(scores)
+    result = RobustnessResult(method="Standard", task="classification", metric="acc", checkpoint=None, samples=60,
+                              attack_samples=60, clean=1.0, clean_subset=1.0, curves=accumulator.curves_computed(),
+                              ensemble=accumulator.ensemble_record(["APGD"]))
+    assert result.ensemble.rivals_ruled_out == {"0.3": [ruled_out, in_all]}
+    assert f"APGD-T rivals ruled out by the certificate: {ruled_out:,} of {in_all:,}" in ensemble_summary(result)
+    again = RobustnessResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.ensemble.rivals_ruled_out == result.ensemble.rivals_ruled_out
+    without = EvaluationSuite.for_network(EvaluationPlan(ensemble=["apgd-ce"], certified_radii=[0.01]), net,
+                                          CLASSIFICATION, (4,), (0.0, 1.0))
+    assert not without.prunes_rivals  # no APGD-T, nothing to prune

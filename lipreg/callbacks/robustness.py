@@ -161,7 +161,7 @@ class RobustnessEvaluation(L.Callback):
         self.upper = upper_bound(pl_module.net, shape)
         self.described = self.plan.describe_ensemble(task, suite.image_inputs)
         self.scores = ScoreAccumulator(self.plan, task, self.plan.members(task, suite.image_inputs),
-                                       suite.certifier is not None, pl_module.device)
+                                       suite.certifier is not None, pl_module.device, suite.prunes_rivals)
         self.schedule = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size, self.time_budget)
         self.progress = EvaluationProgress(self._attacked_images(trainer), self.plan.stages(task, suite.image_inputs),
                                            self.progress_every, enabled=trainer.is_global_zero,

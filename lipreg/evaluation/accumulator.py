@@ -8,6 +8,9 @@ from lipreg.evaluation.result import EnsembleRecord
 from lipreg.evaluation.suite import ChunkScores
 from lipreg.task import TaskSpec
 
+#: The two counts of APGD-T's rival runs per ε (``ChunkScores.rivals``).
+RIVAL_PARTS = ("ruled out", "in all")
+
 
 def _mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")  # no host sync on update
@@ -25,7 +28,7 @@ class ScoreAccumulator:
     """
 
     def __init__(self, plan: EvaluationPlan, task: TaskSpec, members: list[str], certified: bool,
-                 device: torch.device) -> None:
+                 device: torch.device, prunes_rivals: bool = False) -> None:
         self.plan = plan
         self.test_samples = _sum().to(device)
         self.attacked = _sum().to(device)
@@ -38,6 +41,8 @@ class ScoreAccumulator:
                        if stage != "smaller ε" or e != smallest}
         self.certified = {r: _mean().to(device) for r in plan.certified_radii} if certified else {}
         self.radius = _mean().to(device) if certified else None
+        self.rivals = {(e, part): _sum().to(device) for e in plan.pgd_epsilons for part in RIVAL_PARTS
+                       } if prunes_rivals else {}
 
     def count_test_samples(self, count: int, device: torch.device) -> None:
         """``count`` more test samples were scored clean (attacked or not)."""
@@ -51,6 +56,8 @@ class ScoreAccumulator:
         updates += [(self.curves[key], value) for key, value in scores.curves.items()]
         updates += [(self.robust[epsilon], value) for epsilon, value in scores.robust.items()]
         updates += [(self.broken[key], count.float().to(clean.device)) for key, count in scores.broken.items()]
+        updates += [(self.rivals[(epsilon, part)], count.float()) for epsilon, counts in scores.rivals.items()
+                    for part, count in zip(RIVAL_PARTS, counts, strict=True)]
         if self.radius is not None and scores.radius is not None:
             updates.append((self.radius, scores.radius))
             updates += [(metric, (scores.radius > r).float()) for r, metric in self.certified.items()]
@@ -75,7 +82,10 @@ class ScoreAccumulator:
         """The attacks (``described``) and per ε what each stage broke first."""
         broken_by = {f"{e:g}": {stage: int(m.compute()) for (eps, stage), m in self.broken.items() if eps == e}
                      for e in self.plan.pgd_epsilons} if self.broken else {}
-        return EnsembleRecord(norm=self.plan.pgd_norm, attacks=described, broken_by=broken_by)
+        rivals = {f"{e:g}": [int(self.rivals[(e, part)].compute()) for part in RIVAL_PARTS]
+                  for e in self.plan.pgd_epsilons} if self.rivals else {}
+        return EnsembleRecord(norm=self.plan.pgd_norm, attacks=described, broken_by=broken_by,
+                              rivals_ruled_out=rivals)
 
     def certified_computed(self) -> tuple[list[tuple[float, float]], float | None]:
         """Certified accuracy per radius and the mean certified radius."""

@@ -61,11 +61,14 @@ def images_for_half_width(share: float, half_width: float, z: float = Z_95) -> i
 @dataclass
 class EnsembleRecord:
     """What the robust figure is the worst case over (``attacks``, with budgets, in order) under the
-    norm ``norm``, and per ε (as text, ``"0.5"``) how many images each stage broke first."""
+    norm ``norm``, per ε (as text, ``"0.5"``) how many images each stage broke first, and where the
+    certificate prunes APGD-T's rivals, per ε ``[ruled out, in all]`` of its rival runs on the
+    images the ensemble attacked."""
 
     norm: str | None = None
     attacks: list[str] = field(default_factory=list)
     broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    rivals_ruled_out: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -192,6 +195,8 @@ class RobustnessResult:
             data.pop("time_budget_minutes")
         if not self.incomplete:
             data.pop("incomplete")
+        if not self.ensemble.rivals_ruled_out:  # no pruning (and the files of earlier releases): as they were
+            data["ensemble"].pop("rivals_ruled_out")
         intervals = self.intervals
         if intervals is not None:
             data["intervals"] = intervals.to_dict()

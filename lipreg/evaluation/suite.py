@@ -35,6 +35,8 @@ class ChunkScores:
         robust: per ε, robust correctness (regression: worst-case squared error).
         broken: per (ε, stage), how many images that stage was the first to break.
         radius: the certified radius per image (``None`` without a certificate).
+        rivals: per ε where the certificate prunes APGD-T's rivals, ``[ruled out, in all]``: of the
+            rival runs APGD-T makes on the images the ensemble attacks, those the certificate rules out.
     """
 
     clean: Tensor
@@ -42,6 +44,7 @@ class ChunkScores:
     robust: dict[float, Tensor] = field(default_factory=dict)
     broken: dict[tuple[float, str], Tensor] = field(default_factory=dict)
     radius: Tensor | None = None
+    rivals: dict[float, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,10 +118,12 @@ class EvaluationSuite:
             for epsilon in sorted(self.plan.pgd_epsilons):
                 proven = scores.radius is not None and self.certifies_network
                 certified_here = scores.radius > self.reach(epsilon, x) if proven else None
-                robust, broken = self.robust_samples(epsilon, x, y, scores.clean, pgd_scores[epsilon], robust_below,
-                                                     certified_here)
+                robust, broken, rivals = self.robust_samples(epsilon, x, y, scores.clean, pgd_scores[epsilon],
+                                                             robust_below, certified_here)
                 scores.robust[epsilon] = robust
                 scores.broken.update({(epsilon, stage): count for stage, count in broken.items()})
+                if rivals is not None:
+                    scores.rivals[epsilon] = rivals
                 robust_below = robust.bool() if self.task.classification else None
         return scores
 
@@ -150,6 +155,13 @@ class EvaluationSuite:
         """The L2 radius a certificate must exceed to prove the attacks' ε-ball safe (ε·√d for L∞)."""
         return l2_reach(epsilon, self.plan.pgd_norm, x[0].numel())
 
+    @property
+    def prunes_rivals(self) -> bool:
+        """Whether the ensemble has APGD-T and a certificate of the network with per-class radii, which
+        rule rivals out of its runs."""
+        return (isinstance(self.certifier, RivalCertifier) and self.certifies_network
+                and "apgd-t" in self.plan.members(self.task, self.image_inputs))
+
     def reachable(self, epsilon: float, x: Tensor) -> Callable[[Tensor, Tensor], Tensor] | None:
         """``(logits, y) -> [B, C]``: the rival classes the certificate cannot rule out at ε (``None``:
         no certificate of the network with per-class radii, so every rival is attacked)."""
@@ -158,6 +170,21 @@ class EvaluationSuite:
             return None
         reach = self.reach(epsilon, x)
         return lambda logits, y: certifier.rival_radii(logits, y) <= reach
+
+    def rivals_ruled_out(self, epsilon: float, x: Tensor, y: Tensor, attacked: Tensor) -> Tensor | None:
+        """``[ruled out, in all]`` of the rival runs APGD-T makes on the ``attacked`` images of ``x``
+        (its ``apgd_targets`` highest-ranked rivals each) that the certificate rules out at ε; ``None``
+        where it rules none out (:attr:`prunes_rivals`)."""
+        reachable = self.reachable(epsilon, x)
+        if not self.prunes_rivals or reachable is None:
+            return None
+        x, y = x[attacked], y[attacked]
+        with torch.no_grad():
+            logits = self.net(x)
+        targets = min(self.plan.apgd_targets, logits.shape[1] - 1)
+        ranked = logits.argsort(dim=1, descending=True)[:, 1 : targets + 1]
+        open_rivals = reachable(logits, y).gather(1, ranked)
+        return torch.stack([(~open_rivals).sum(), torch.tensor(open_rivals.numel(), device=x.device)])
 
     def members(self, epsilon: float, x: Tensor) -> list[tuple[str, Attack]]:
         """The ensemble's attacks at ε on images like ``x``, each announcing its stage when it starts."""
@@ -176,27 +203,30 @@ class EvaluationSuite:
 
     def robust_samples(self, epsilon: float, x: Tensor, y: Tensor, clean: Tensor, pgd_scores: list[Tensor],
                        robust_below: Tensor | None,
-                       certified_here: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-image robust correctness (regression: worst-case squared error) at ε, and how many
+                       certified_here: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """Per-image robust correctness (regression: worst-case squared error) at ε, how many
         images each stage broke (``clean``: misclassified already, ``pgd``: the PGD columns,
-        ``smaller ε``: broken by the ensemble at a smaller radius, which ``robust_below`` holds).
+        ``smaller ε``: broken by the ensemble at a smaller radius, which ``robust_below`` holds), and
+        :meth:`rivals_ruled_out` on the images the ensemble attacks.
 
         The ensemble attacks only the images that survived everything so far and are not
         ``certified_here`` (a proven radius above ε: no attack can break them)."""
         attacks = self.members(epsilon, x)
         if not self.task.classification:
             worst = torch.stack([clean, *pgd_scores]).amax(dim=0)
-            return worst_case_error(self.net, x, y, attacks, worst), {}
+            return worst_case_error(self.net, x, y, attacks, worst), {}, None
         survived_pgd = torch.stack([clean, *pgd_scores]).amin(dim=0).bool()
         candidates = survived_pgd if robust_below is None else survived_pgd & robust_below
         proven = torch.zeros_like(candidates) if certified_here is None else candidates & certified_here
-        robust, broken_by = robust_under_ensemble(self.net, x, y, attacks, candidates & ~proven)
+        attacked = candidates & ~proven
+        rivals = self.rivals_ruled_out(epsilon, x, y, attacked)
+        robust, broken_by = robust_under_ensemble(self.net, x, y, attacks, attacked)
         robust = robust | proven
         counts = {"clean": (clean == 0).sum(), "pgd": (clean.bool() & ~survived_pgd).sum()}
         if robust_below is not None:
             counts["smaller ε"] = (survived_pgd & ~robust_below).sum()
         counts.update({name: torch.tensor(count) for name, count in broken_by.items()})
-        return robust.float(), counts
+        return robust.float(), counts, rivals
 
 
 def split_scores(net: nn.Module, task: TaskSpec, x: Tensor, y: Tensor, rank: int = 0, world_size: int = 1,

@@ -51,7 +51,11 @@ def ensemble_summary(result: RobustnessResult) -> str:
     lines = [f"robust = worst case per sample over: {', '.join(result.ensemble.attacks)}"]
     for epsilon, broken in result.ensemble.broken_by.items():
         stages = ", ".join(f"{stage} {count}" for stage, count in broken.items())
-        lines.append(f"  ε={epsilon}: samples broken first by: {stages}")
+        line = f"  ε={epsilon}: samples broken first by: {stages}"
+        if epsilon in result.ensemble.rivals_ruled_out:
+            ruled_out, runs = result.ensemble.rivals_ruled_out[epsilon]
+            line += f"; APGD-T rivals ruled out by the certificate: {ruled_out:,} of {runs:,}"
+        lines.append(line)
     return "\n".join(lines)
 
 
