@@ -423,3 +423,7 @@ def test_the_lower_bound_stops_when_told_and_is_still_a_bound():
     three = lipschitz_lower_bound(net, pairs, steps=3)
     assert len(asked) == 4 and early == pytest.approx(three.item(), rel=1e-5)
     assert early <= full + 1e-6 <= lipschitz_upper_bound(net.layers, (4,)) + 1e-5
+    asked_only, unasked = CountingNet(net), CountingNet(net)  # a budget that is never spent costs no pass
+    assert lipschitz_lower_bound(asked_only, pairs, steps=20, should_stop=lambda: False) == \
+        lipschitz_lower_bound(unasked, pairs, steps=20)
+    assert asked_only.samples == unasked.samples

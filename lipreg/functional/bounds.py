@@ -37,22 +37,11 @@ def lipschitz_lower_bound(
     any number of steps: with ``should_stop`` (asked before each step; e.g. a time budget that is
     spent) the ascent ends early and returns the bound reached so far.
     """
-    if should_stop is None:
-        result = ascend_pairs(model, pairs, step_size, steps=steps, box=box, adaptive=True)
-        if result.quotients is not None:
-            return result.quotients.max()
-        with torch.no_grad():
-            return pair_quotients(model, result.pairs).max()
+    result = ascend_pairs(model, pairs, step_size, steps=steps, box=box, adaptive=True, should_stop=should_stop)
+    if result.quotients is not None:
+        return result.quotients.max()
     with torch.no_grad():
-        best = pair_quotients(model, pairs).max()
-    sizes: Tensor | float = step_size
-    for _ in range(steps):
-        if should_stop():
-            break
-        result = ascend_pairs(model, pairs, sizes, steps=1, box=box, adaptive=True)
-        pairs, sizes = result.pairs, result.step_size
-        best = torch.maximum(best, result.quotients.max())  # adaptive steps only ever raise a quotient
-    return best
+        return pair_quotients(model, result.pairs).max()
 
 
 def _power_iteration(

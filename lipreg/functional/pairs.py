@@ -183,9 +183,13 @@ def _ascend_chunk(
     adaptive: bool,
     grow: float,
     shrink: float,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`ascend_pairs` on one chunk ``[2, C, ...]`` (``steps >= 1``): pairs, step sizes, quotients or None."""
     num_pairs = pairs.shape[1]
+    if should_stop is not None and should_stop():  # no step at all: only the quotients where the pairs are
+        with torch.no_grad():
+            return pairs, tau, pair_quotients(model, pairs, p) if adaptive else None
 
     def per_pair(values: Tensor) -> Tensor:  # [C] -> [1, C, 1, ...], broadcasting over [2, C, ...]
         return values.view(1, num_pairs, *([1] * (pairs.dim() - 2)))
@@ -198,6 +202,8 @@ def _ascend_chunk(
 
     q, grad = _quotients_and_input_grad(model, pairs, p)
     for step in range(steps):
+        if step > 0 and should_stop is not None and should_stop():
+            return pairs, tau, q if adaptive else None  # q: the quotients of these pairs
         last = step + 1 == steps
         candidate = trial(grad)
         if not adaptive:
@@ -233,6 +239,7 @@ def ascend_pairs(
     shrink: float = 0.5,
     out: Tensor | None = None,
     chunked: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> AscentResult:
     """Gradient ascent of every pair on its own difference quotient (CLIP paper, Algorithm 1).
 
@@ -261,6 +268,8 @@ def ascend_pairs(
     Args:
         out: where to write the moved pairs (may be ``pairs`` itself, to move a pair set in place);
             default a new tensor.
+        should_stop: asked before each step of each chunk; once it says so the ascent ends (the
+            chunks not begun keep their pairs), e.g. a time budget that is spent.
 
     Only ``torch.autograd.grad`` is used, so the model's parameter gradients are untouched; the
     returned tensors are detached. Under autocast (``bf16-mixed``, ``16-mixed``) the ascent still
@@ -283,14 +292,16 @@ def ascend_pairs(
         pair_bytes = 2 * pairs[0, 0].numel() * pairs.element_size()
         chunk = chunk_length(num_pairs, pair_bytes, pairs.device, chunked and project is None)
         if chunk >= num_pairs and out is None:  # one piece: no copy into a separate result
-            moved, tau, quotients = _ascend_chunk(model, pairs, tau, steps, p, box, project, adaptive, grow, shrink)
+            moved, tau, quotients = _ascend_chunk(model, pairs, tau, steps, p, box, project, adaptive, grow, shrink,
+                                                  should_stop)
             return AscentResult(moved, tau, quotients)
         moved = torch.empty_like(pairs) if out is None else out
         quotients = torch.empty_like(tau) if adaptive else None
         for start in range(0, num_pairs, chunk):
             part = slice(start, start + chunk)
             chunk_pairs, chunk_tau, chunk_q = _ascend_chunk(
-                model, pairs[:, part].contiguous(), tau[part], steps, p, box, project, adaptive, grow, shrink
+                model, pairs[:, part].contiguous(), tau[part], steps, p, box, project, adaptive, grow, shrink,
+                should_stop,
             )
             moved[:, part] = chunk_pairs
             tau[part] = chunk_tau
