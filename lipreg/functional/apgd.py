@@ -31,7 +31,7 @@ from lipreg.functional.quotients import MIN_DISTANCE, sample_norm
 
 #: APGD's momentum weight α (the step is α·(z − x) + (1 − α)·(x − x_prev); Croce & Hein use 0.75).
 MOMENTUM_WEIGHT = 0.75
-#: Compact the batch once this share of it is finished (besides every checkpoint).
+#: Compact the batch once this share of it is finished (and at every checkpoint where any sample is).
 COMPACT_SHARE = 0.125
 
 
@@ -144,23 +144,26 @@ def apgd(
         done=torch.zeros_like(loss, dtype=torch.bool), first=start.clone(),
     )  # previous, stepped, best, best_grad and first are written in place: none shares memory with another
 
-    def record_adversarial(logits: Tensor) -> None:
-        """Keep each sample's first adversarial iterate in ``s.first`` (no host read)."""
+    def record_adversarial(logits: Tensor) -> float:
+        """Keep each sample's first adversarial iterate in ``s.first``; the share of samples finished (the
+        one host read of a step, which also skips the copy when no sample is newly adversarial)."""
         if is_adversarial is None:
-            return
+            return 0.0
         new = is_adversarial(logits, s.y) & ~s.done
-        select_samples_(new, s.current, s.first)
-        s.done = s.done | new
+        fresh, finished = torch.stack([new.sum(), (s.done | new).sum()]).tolist()
+        if fresh:
+            select_samples_(new, s.current, s.first)
+            s.done = s.done | new
+        return finished / len(new)
 
     def write_finished() -> None:
         """Copy the finished samples' first adversarial iterates into the result (at a compaction:
         without a host read, the others' rows written back unchanged)."""
         result.index_copy_(0, s.index, select_samples(s.done, s.first, result.index_select(0, s.index)))
 
-    record_adversarial(logits)
+    finished_share = record_adversarial(logits)
     checkpoints = set(apgd_checkpoints(steps))
     last_check = 0
-    finished_share = 0.0
     for k in range(steps):
         if finished_share >= 1.0:
             break
@@ -177,7 +180,7 @@ def apgd(
         s.previous, s.current = s.current, moved
         last_loss = s.loss
         s.loss, s.grad, logits = loss_and_gradient(s.current, s.y, s.rival)
-        record_adversarial(logits)
+        finished_share = record_adversarial(logits)
         report_step()
         s.increases = s.increases + (s.loss > last_loss)
         improved = s.loss > s.best_loss
@@ -195,14 +198,11 @@ def apgd(
             s.reduced_at_check, s.best_loss_at_check = reduce, s.best_loss
             s.increases = torch.zeros_like(s.increases)
             last_check = k + 1
-        if is_adversarial is not None:
-            finished_share = s.done.float().mean().item()  # the one host read of a step: stop or compact
-            if finished_share >= 1.0:
-                break
-            if k + 1 in checkpoints or finished_share >= COMPACT_SHARE:
-                write_finished()
-                s.keep(~s.done)
-                finished_share = 0.0
+        if finished_share >= 1.0:
+            break
+        if finished_share > 0.0 and (k + 1 in checkpoints or finished_share >= COMPACT_SHARE):
+            write_finished()
+            s.keep(~s.done)
     # the finished samples get their first adversarial iterate, the others their best one
     result.index_copy_(0, s.index, select_samples(s.done, s.first, s.best))
     return result.detach()
