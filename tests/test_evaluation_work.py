@@ -365,7 +365,7 @@ def test_chunks_follow_the_measured_cost():
     assert clock.chunk_size() == 100
     clock.started -= 6.0  # the first 100 images took 6 s: 0.06 s an image
     clock.images += 100
-    assert clock.chunk_size() in (99, 100)  # a tenth of the budget (6 s) fits 100 images
+    assert clock.chunk_size() in (249, 250)  # a quarter of the budget (15 s) fits 250 images
     clock.started -= 60.0
     assert clock.chunk_size() == 0 and clock.reached
     assert ImageSchedule().chunk_size() is None and not ImageSchedule().spent()  # no budget: all at once
@@ -393,7 +393,7 @@ def test_one_gate_for_sample_size_and_time():
 def test_chunks_gather_images_over_batches_and_the_rest_comes_at_the_end():
     x, y = torch.arange(30.0)[:, None], torch.arange(30)
     batches = [(x[i : i + 6], y[i : i + 6]) for i in range(0, 30, 6)]
-    gate = ImageSchedule(minutes=10.0, first_chunk=4, attack_share=1.0)
+    gate = ImageSchedule(minutes=10.0, first_chunk=4, chunk_share=0.1, attack_share=1.0)
     chunks = [chunk for chunk, _ in gate.chunks(*batches[0])]
     assert [len(c) for c in chunks] == [4] and len(gate.held[0]) == 2  # the pace is not known yet
     gate.started -= 23.9  # the 4 images took about 6 s each: a tenth of the 600 s is a chunk of 10

@@ -93,7 +93,7 @@ class RobustnessEvaluation(L.Callback):
         progress_every: seconds between progress lines (0: none).
         time_budget: minutes the evaluation may take (null: no limit). The first ``sample_size``
             test images (all when null) are attacked in turn, in chunks gathered over test batches
-            (each about a tenth of the budget at the measured pace), until the next chunk would
+            (each about a quarter of the budget at the measured pace), until the next chunk would
             not fit into 80 % of the budget; the table and the JSON say how many were, with the 95 %
             intervals that gives. The Lipschitz lower bound's ascent stops when the whole budget is
             spent (it is a bound after any step). Images a certificate already proves robust at ε

@@ -27,7 +27,7 @@ class ImageSchedule:
     """
 
     def __init__(self, sample_size: int | None = None, rank: int = 0, world_size: int = 1,
-                 minutes: float | None = None, first_chunk: int = 32, chunk_share: float = 0.1,
+                 minutes: float | None = None, first_chunk: int = 32, chunk_share: float = 0.25,
                  attack_share: float = 0.8) -> None:
         self.remaining = None if sample_size is None else len(range(rank, sample_size, world_size))
         self.total = None if minutes is None else 60.0 * minutes
