@@ -180,6 +180,38 @@ def test_a_suite_scores_a_chunk_without_lightning():
     assert sum(counts.values()) == 20 - int(scores.robust[0.3].sum())
 
 
+def test_square_closes_the_ensemble_once_over_every_radius(monkeypatch: pytest.MonkeyPatch):
+    """One Square call per chunk, each image at each radius the APGD members left it robust, with its own ε;
+    an image Square breaks at a radius counts as broken at every larger one ("smaller ε")."""
+    import lipreg.evaluation.registry as registry
+
+    calls = []
+
+    def breaks_the_first(model, x, y, epsilon, **kwargs):  # a stand-in Square: breaks the first image at 0.2
+        calls.append(epsilon.clone())
+        adversarial = x.clone()
+        first = (epsilon == 0.2).nonzero().squeeze(1)[:1]
+        adversarial[first] = 1.0 - adversarial[first]  # misclassified (no ε here moves the first pixel below ½)
+        return adversarial
+
+    monkeypatch.setattr(registry, "square", breaks_the_first)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[10.0, 0, 0, 0], [-10.0, 0, 0, 0]]))  # class 1 once the first pixel < ½
+        net[1].bias.copy_(torch.tensor([-5.0, 5.0]))
+    x = torch.full((6, 1, 2, 2), 0.9)
+    y = torch.zeros(6, dtype=torch.long)
+    plan = EvaluationPlan(noise_sigmas=[], fgsm_epsilons=[], pgd_epsilons=[0.3, 0.1, 0.2], pgd_steps=1,
+                          pgd_step_size=1e-3, apgd_steps=2, ensemble=["apgd-ce", "square"], certified_radii=[])
+    assert plan.radius_members(CLASSIFICATION) == ["apgd-ce"] and plan.closing_members(CLASSIFICATION) == ["square"]
+    assert plan.stages(CLASSIFICATION)[-1] == "square ε=0.1–0.3"
+    scores = EvaluationSuite(plan, net, CLASSIFICATION, (0.0, 1.0)).score(x, y)
+    assert len(calls) == 1 and sorted(calls[0].tolist()) == pytest.approx([0.1] * 6 + [0.2] * 6 + [0.3] * 6)
+    assert scores.robust[0.1].sum() == 6 and scores.robust[0.2].sum() == 5 and scores.robust[0.3].sum() == 5
+    counts = {(epsilon, stage): int(count) for (epsilon, stage), count in scores.broken.items()}
+    assert counts[(0.2, "square")] == 1 and counts[(0.3, "smaller ε")] == 1 and counts[(0.3, "square")] == 0
+
+
 LAYERS = {  # a package and the lipreg packages it must not import (those above it)
     "functional": ("lipreg.task", "lipreg.evaluation", "lipreg.methods", "lipreg.callbacks", "lipreg.report",
                    "lipreg.cli", "lipreg.data", "lipreg.nets"),

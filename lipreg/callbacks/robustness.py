@@ -53,7 +53,8 @@ class RobustnessEvaluation(L.Callback):
     Work goes only where it can change the answer (classification): every attack stops on an image
     at its first adversarial iterate and keeps it, so an image counts as broken if any step broke
     it; the radii run from small to large and each attacks only the images still robust at the
-    radius below (an adversarial inside the smaller ball lies inside the larger one); images a
+    radius below (an adversarial inside the smaller ball lies inside the larger one; Square, which
+    closes the ensemble, runs once over every radius on what APGD left at each); images a
     certificate proves robust at ε are not attacked at ε, and APGD-T skips the rival classes it
     rules out. Every accuracy from the attacked sample carries a 95 % Wilson interval
     (``intervals`` in the JSON); where one is wider than ±1 point the test says how many images

@@ -90,6 +90,25 @@ class EvaluationPlan:
             return list(REGRESSION_ATTACKS)
         return [name for name in self.ensemble if image_inputs or not ATTACKS[name].images_only]
 
+    def closing_members(self, task: TaskSpec, image_inputs: bool = True) -> list[str]:
+        """The members that close the ensemble and take one radius per image (``radii_at_once``): they run
+        once over every radius, after the other members at each radius (classification only)."""
+        members = self.members(task, image_inputs)
+        count = 0
+        while task.classification and count < len(members) and ATTACKS[members[-1 - count]].radii_at_once:
+            count += 1
+        return members[len(members) - count :]
+
+    def radius_members(self, task: TaskSpec, image_inputs: bool = True) -> list[str]:
+        """The members that run at each radius in turn, smallest first (all but :meth:`closing_members`)."""
+        members = self.members(task, image_inputs)
+        return members[: len(members) - len(self.closing_members(task, image_inputs))]
+
+    def radii_label(self) -> str:
+        """``ε=0.5`` or ``ε=0.5–2``: the radii a closing member attacks at once."""
+        radii = sorted(self.pgd_epsilons)
+        return f"ε={radii[0]:g}" + (f"–{radii[-1]:g}" if len(radii) > 1 else "")
+
     def describe_ensemble(self, task: TaskSpec, image_inputs: bool = True) -> list[str]:
         """What the robust accuracy is the worst case over, with budgets, in the order they run."""
         norm = self.pgd_norm.upper().replace("INF", "∞")
@@ -106,7 +125,8 @@ class EvaluationPlan:
         curves = self.curves()
         others = [f"{c} {p:g}" for c, values in curves.items() for p in values if c not in PGD_CURVES]
         pgd_last = [f"{c} ε={e:g}" for c, values in curves.items() for e in values if c in PGD_CURVES]
-        ensemble = [f"{m} ε={e:g}" for e in sorted(self.pgd_epsilons) for m in self.members(task, image_inputs)]
+        ensemble = [f"{m} ε={e:g}" for e in sorted(self.pgd_epsilons) for m in self.radius_members(task, image_inputs)]
+        ensemble += [f"{m} {self.radii_label()}" for m in self.closing_members(task, image_inputs)]
         return others + pgd_last + ensemble
 
     def settings(self) -> dict[str, object]:

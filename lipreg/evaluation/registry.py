@@ -31,13 +31,16 @@ class AttackEntry:
     ``build(model, budget, epsilon=…, norm=…, box=…, generator=…)`` returns ``(x, y) -> adversarial x``;
     ``images_only``: it needs ``[C, H, W]`` inputs (Square's windows); ``regression``: it attacks a
     squared error (the regression ensemble); ``targeted``: it runs once per rival class and takes
-    ``reachable`` (``(logits, y) -> [B, C] bool``), the rivals a certificate cannot rule out at ε."""
+    ``reachable`` (``(logits, y) -> [B, C] bool``), the rivals a certificate cannot rule out at ε;
+    ``radii_at_once``: it takes one radius per sample (``epsilon`` a ``[B]`` tensor), so where it closes
+    the ensemble it runs once over every radius (``EvaluationPlan.closing_members``)."""
 
     build: Callable[..., Attack]
     label: Callable[[EnsembleBudget], str]
     images_only: bool = False
     regression: bool = False
     targeted: bool = False
+    radii_at_once: bool = False
 
 
 ATTACKS: dict[str, AttackEntry] = {
@@ -48,7 +51,7 @@ ATTACKS: dict[str, AttackEntry] = {
     "apgd-t": AttackEntry(lambda m, b, **c: partial(apgd_targeted, m, steps=b.apgd_steps, targets=b.apgd_targets, **c),
                           lambda b: f"APGD-T ({b.apgd_steps} steps, {b.apgd_targets} targets)", targeted=True),
     "square": AttackEntry(lambda m, b, **c: partial(square, m, queries=b.square_queries, **c),
-                          lambda b: f"Square ({b.square_queries} queries)", images_only=True),
+                          lambda b: f"Square ({b.square_queries} queries)", images_only=True, radii_at_once=True),
     "pgd-margin": AttackEntry(lambda m, b, **c: partial(pgd, m, step_size=b.pgd_step_size, steps=b.pgd_steps,
                                                         loss_fn=margin_loss, **c),
                               lambda b: f"PGD-margin ({b.pgd_steps} steps of {b.pgd_step_size:g})"),
@@ -63,11 +66,12 @@ CLASSIFICATION_ATTACKS = tuple(name for name, entry in ATTACKS.items() if not en
 REGRESSION_ATTACKS = tuple(name for name, entry in ATTACKS.items() if entry.regression)
 
 
-def build_attack(name: str, model: Callable[[Tensor], Tensor], epsilon: float, norm: Norm, budget: EnsembleBudget,
-                 box: Box | None = (0.0, 1.0), generator: torch.Generator | None = None,
+def build_attack(name: str, model: Callable[[Tensor], Tensor], epsilon: float | Tensor, norm: Norm,
+                 budget: EnsembleBudget, box: Box | None = (0.0, 1.0), generator: torch.Generator | None = None,
                  reachable: Callable[[Tensor, Tensor], Tensor] | None = None) -> Attack:
-    """The registered attack ``name`` bound to its model, radius, norm and budget; a targeted one
-    also to ``reachable`` (which rival classes a certificate leaves open at ε; ``None``: all)."""
+    """The registered attack ``name`` bound to its model, radius (a ``[B]`` tensor for one with
+    ``radii_at_once``), norm and budget; a targeted one also to ``reachable`` (which rival classes a
+    certificate leaves open at ε; ``None``: all)."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     entry = ATTACKS[name]

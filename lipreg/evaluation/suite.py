@@ -3,8 +3,9 @@
 Work goes only where it can change the answer (classification): every attack stops on an image
 at its first adversarial iterate and keeps it; the radii run from small to large and each attacks
 only the images still robust at the radius below (an adversarial inside the smaller ball lies
-inside the larger one); the ensemble's members run in turn on the survivors; an image whose
-certified radius exceeds ε is not attacked at ε, and a targeted attack skips the rival classes
+inside the larger one); the ensemble's members run in turn on the survivors, and the closing ones that take a radius per
+image (Square) once over every radius, on what the others left at each (:meth:`EvaluationSuite.ensemble_scores`);
+an image whose certified radius exceeds ε is not attacked at ε, and a targeted attack skips the rival classes
 that the certificate proves cannot win inside the ε-ball (the class-pair radii). For L∞ attacks
 an L2 certificate counts only beyond ``ε·√d``, the L2 radius of the L∞ ball.
 """
@@ -20,7 +21,7 @@ from lipreg.evaluation.plan import PGD_CURVES, EvaluationPlan
 from lipreg.evaluation.registry import CERTIFICATES, Certifier, RivalCertifier, build_attack
 from lipreg.functional import fgsm, gaussian_noise, lipschitz_lower_bound, lipschitz_upper_bound, pgd
 from lipreg.functional.bounds import l2_reach
-from lipreg.functional.ensemble import Attack, robust_under_ensemble, worst_case_error
+from lipreg.functional.ensemble import Attack, first_breakers, worst_case_error
 from lipreg.functional.pairs import Box, noisy_pairs
 from lipreg.task import TaskSpec
 
@@ -114,17 +115,12 @@ class EvaluationSuite:
             scores.radius = self.certifier(x, y, logits)
         with parametrize.cached():
             pgd_scores = self.curve_scores(x, y, scores)
-            robust_below = None
-            for epsilon in sorted(self.plan.pgd_epsilons):
-                proven = scores.radius is not None and self.certifies_network
-                certified_here = scores.radius > self.reach(epsilon, x) if proven else None
-                robust, broken, rivals = self.robust_samples(epsilon, x, y, scores.clean, pgd_scores[epsilon],
-                                                             robust_below, certified_here)
-                scores.robust[epsilon] = robust
-                scores.broken.update({(epsilon, stage): count for stage, count in broken.items()})
-                if rivals is not None:
-                    scores.rivals[epsilon] = rivals
-                robust_below = robust.bool() if self.task.classification else None
+            if self.task.classification:
+                self.ensemble_scores(x, y, scores, pgd_scores)
+            else:
+                for epsilon in sorted(self.plan.pgd_epsilons):
+                    worst = torch.stack([scores.clean, *pgd_scores[epsilon]]).amax(dim=0)
+                    scores.robust[epsilon] = worst_case_error(self.net, x, y, self.members(epsilon, x), worst)
         return scores
 
     def curve_scores(self, x: Tensor, y: Tensor, scores: ChunkScores) -> dict[float, list[Tensor]]:
@@ -187,7 +183,8 @@ class EvaluationSuite:
         return torch.stack([(~open_rivals).sum(), torch.tensor(open_rivals.numel(), device=x.device)])
 
     def members(self, epsilon: float, x: Tensor) -> list[tuple[str, Attack]]:
-        """The ensemble's attacks at ε on images like ``x``, each announcing its stage when it starts."""
+        """The ensemble's attacks that run at ε (all but the closing ones, :meth:`EvaluationPlan.radius_members`)
+        on images like ``x``, each announcing its stage when it starts."""
         plan, reachable = self.plan, self.reachable(epsilon, x)
 
         def staged(name: str, attack: Attack) -> Attack:
@@ -199,34 +196,78 @@ class EvaluationSuite:
 
         return [(name, staged(name, build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box,
                                                  self.generator, reachable)))
-                for name in plan.members(self.task, self.image_inputs)]
+                for name in plan.radius_members(self.task, self.image_inputs)]
 
-    def robust_samples(self, epsilon: float, x: Tensor, y: Tensor, clean: Tensor, pgd_scores: list[Tensor],
-                       robust_below: Tensor | None,
-                       certified_here: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """Per-image robust correctness (regression: worst-case squared error) at ε, how many
-        images each stage broke (``clean``: misclassified already, ``pgd``: the PGD columns,
-        ``smaller ε``: broken by the ensemble at a smaller radius, which ``robust_below`` holds), and
-        :meth:`rivals_ruled_out` on the images the ensemble attacks.
+    def closing_members(self) -> list[tuple[str, Callable[[Tensor, Tensor, Tensor], Tensor]]]:
+        """The ensemble's closing attacks (:meth:`EvaluationPlan.closing_members`), ``(x, y, ε per image) ->
+        adversarial x``, each announcing its stage when it starts."""
+        plan = self.plan
 
-        The ensemble attacks only the images that survived everything so far and are not
-        ``certified_here`` (a proven radius above ε: no attack can break them)."""
-        attacks = self.members(epsilon, x)
-        if not self.task.classification:
-            worst = torch.stack([clean, *pgd_scores]).amax(dim=0)
-            return worst_case_error(self.net, x, y, attacks, worst), {}, None
-        survived_pgd = torch.stack([clean, *pgd_scores]).amin(dim=0).bool()
-        candidates = survived_pgd if robust_below is None else survived_pgd & robust_below
-        proven = torch.zeros_like(candidates) if certified_here is None else candidates & certified_here
-        attacked = candidates & ~proven
-        rivals = self.rivals_ruled_out(epsilon, x, y, attacked)
-        robust, broken_by = robust_under_ensemble(self.net, x, y, attacks, attacked)
-        robust = robust | proven
-        counts = {"clean": (clean == 0).sum(), "pgd": (clean.bool() & ~survived_pgd).sum()}
-        if robust_below is not None:
-            counts["smaller ε"] = (survived_pgd & ~robust_below).sum()
-        counts.update({name: torch.tensor(count) for name, count in broken_by.items()})
-        return robust.float(), counts, rivals
+        def staged(name: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+            def run(x: Tensor, y: Tensor, epsilon: Tensor) -> Tensor:
+                self.stage(f"{name} {plan.radii_label()}")
+                return build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box, self.generator)(x, y)
+
+            return run
+
+        return [(name, staged(name)) for name in plan.closing_members(self.task, self.image_inputs)]
+
+    def ensemble_scores(self, x: Tensor, y: Tensor, scores: ChunkScores, pgd_scores: dict[float, list[Tensor]]) -> None:
+        """Robust correctness per ε, how many images each stage broke first (``clean``: misclassified
+        already, ``pgd``: the PGD columns, ``smaller ε``: broken at a smaller radius, then each member)
+        and :meth:`rivals_ruled_out`, into ``scores``.
+
+        The radii run from small to large: at ε the members attack the images that survived the PGD
+        columns and were robust at the radius below, unless certified beyond ε (a proven radius: no
+        attack can break them). The closing members (Square) then run once over every radius, each
+        image at each ε its radius's members left (one call instead of one per radius: an attack's
+        step costs nearly as much on a few images as on thousands); an image they break at a radius
+        counts as broken at every larger one. Their images at ε are those robust at the radius below
+        under the other members: a superset of those robust under the whole ensemble, so no image is
+        left out."""
+        radii = sorted(self.plan.pgd_epsilons)
+        proven_radius = scores.radius is not None and self.certifies_network
+        survived, breakers, left = {}, {}, {}
+        robust_below = None
+        for epsilon in radii:
+            survived[epsilon] = torch.stack([scores.clean, *pgd_scores[epsilon]]).amin(dim=0).bool()
+            candidates = survived[epsilon] if robust_below is None else survived[epsilon] & robust_below
+            proven = torch.zeros_like(candidates)
+            if proven_radius:
+                proven = candidates & (scores.radius > self.reach(epsilon, x))
+            attacked = candidates & ~proven
+            rivals = self.rivals_ruled_out(epsilon, x, y, attacked)
+            if rivals is not None:
+                scores.rivals[epsilon] = rivals
+            breakers[epsilon] = first_breakers(self.net, x, y, self.members(epsilon, x), attacked)
+            left[epsilon] = attacked.clone()
+            for broken in breakers[epsilon].values():
+                left[epsilon] &= ~broken
+            robust_below = left[epsilon] | proven
+        closing = self.closing_members()
+        if closing:
+            images = [left[epsilon].nonzero().squeeze(1) for epsilon in radii]  # each image once per radius
+            which = torch.cat([torch.full_like(index, k) for k, index in enumerate(images)])  # its radius
+            radius = torch.tensor(radii, dtype=x.dtype, device=x.device)[which]
+            images = torch.cat(images)
+            pairs = first_breakers(self.net, x[images], y[images], closing, torch.ones_like(images, dtype=torch.bool),
+                                   radius)
+            for k, epsilon in enumerate(radii):
+                at = which == k
+                for name, broken in pairs.items():
+                    breakers[epsilon][name] = torch.zeros_like(left[epsilon]).index_put_((images[at],), broken[at])
+        robust_below = None
+        for epsilon in radii:  # the first stage to break each image, in the ensemble's order
+            robust = survived[epsilon] if robust_below is None else survived[epsilon] & robust_below
+            counts = {"clean": (scores.clean == 0).sum(), "pgd": (scores.clean.bool() & ~survived[epsilon]).sum()}
+            if robust_below is not None:
+                counts["smaller ε"] = (survived[epsilon] & ~robust_below).sum()
+            for name, broken in breakers[epsilon].items():
+                counts[name] = (robust & broken).sum()
+                robust = robust & ~broken
+            scores.robust[epsilon] = robust.float()
+            scores.broken.update({(epsilon, stage): count for stage, count in counts.items()})
+            robust_below = robust
 
 
 def split_scores(net: nn.Module, task: TaskSpec, x: Tensor, y: Tensor, rank: int = 0, world_size: int = 1,

@@ -34,6 +34,34 @@ class EnsembleBudget:
             raise ValueError(f"every ensemble budget must be positive, got {self}")
 
 
+def first_breakers(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[tuple[str, Callable[..., Tensor]]],
+    attacked: Tensor,
+    epsilon: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Per attack name, the ``[B]`` booleans of the samples it was the first to break: the attacks run in
+    this order, each only on the ``attacked`` samples that no attack before it broke (the others are
+    not read: clean misclassification is the caller's to exclude). With ``epsilon`` (a radius per
+    sample) each attack is called as ``attack(x, y, epsilon)`` on its samples."""
+    x, y = x.detach(), y.detach()
+    still = attacked.clone()
+    breakers: dict[str, Tensor] = {}
+    for name, attack in attacks:
+        breakers[name] = torch.zeros_like(still)
+        index = still.nonzero().squeeze(1)
+        if len(index) == 0:
+            continue
+        adversarial = attack(x[index], y[index], *([] if epsilon is None else [epsilon[index]]))
+        with torch.no_grad():
+            broken = index[misclassified(model(adversarial), y[index])]
+        breakers[name][broken] = True
+        still[broken] = False
+    return breakers
+
+
 def robust_under_ensemble(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -51,23 +79,14 @@ def robust_under_ensemble(
         ``[B]`` booleans (correct on the clean input and under every attack) and, per attack name,
         the number of samples it was the first to break.
     """
-    x, y = x.detach(), y.detach()
     with torch.no_grad():
-        still = ~misclassified(model(x), y)
+        still = ~misclassified(model(x.detach()), y)
     if robust is not None:
         still &= robust
-    broken_by: dict[str, int] = {}
-    for name, attack in attacks:
-        index = still.nonzero().squeeze(1)
-        if len(index) == 0:
-            broken_by[name] = 0
-            continue
-        adversarial = attack(x[index], y[index])
-        with torch.no_grad():
-            broken = misclassified(model(adversarial), y[index])
-        still[index[broken]] = False
-        broken_by[name] = int(broken.sum())
-    return still, broken_by
+    breakers = first_breakers(model, x, y, attacks, still)
+    for broken in breakers.values():
+        still &= ~broken
+    return still, {name: int(broken.sum()) for name, broken in breakers.items()}
 
 
 def worst_case_error(

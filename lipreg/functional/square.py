@@ -94,8 +94,8 @@ def _write_windows_(images: Tensor, indices: Tensor, values: Tensor) -> None:
     images.view(*images.shape[:2], -1).scatter_(2, indices[:, None, :].expand(-1, images.shape[1], -1), values)
 
 
-def _l2_start(x: Tensor, epsilon: float, generator: torch.Generator | None) -> Tensor:
-    """A grid of ``h//5``-pixel blocks of the pattern with random signs, scaled to L2 norm ε."""
+def _l2_start(x: Tensor, epsilon: float | Tensor, generator: torch.Generator | None) -> Tensor:
+    """A grid of ``h//5``-pixel blocks of the pattern with random signs, scaled to L2 norm ε (one or ``[n]``)."""
     n, channels, height, width = x.shape
     block = max(height // 5, 1)
     blocks_down, blocks_across = height // block, width // block
@@ -108,14 +108,15 @@ def _l2_start(x: Tensor, epsilon: float, generator: torch.Generator | None) -> T
     return x + delta * per_sample_view(epsilon / sample_norm(delta).clamp_min(1e-12), x)
 
 
-def _linf_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
+def _linf_proposal(centre: Tensor, best: Tensor, epsilon: Tensor, size: int, box: Box | None,
                    generator: torch.Generator | None) -> Tensor:
-    """``best`` with one window set to ``x ± ε`` (one sign per channel), clamped to the box."""
+    """``best`` with one window set to ``x ± ε`` (one sign per channel, ``epsilon`` ``[n]``), clamped to the box."""
     n, channels, height, width = centre.shape
     window = _window_indices(n, size, height, width, centre, generator)
     signs = _random_signs((n, channels, 1), centre, generator)
     proposal = best.clone()
-    _write_windows_(proposal, window, clamp_to_box(_windows(centre, window) + epsilon * signs, box))
+    moved = torch.addcmul(_windows(centre, window), signs, per_sample_view(epsilon, signs))
+    _write_windows_(proposal, window, clamp_to_box(moved, box))
     return proposal
 
 
@@ -157,10 +158,10 @@ def _split(windows: Tensor) -> tuple[Tensor, Tensor]:
     return windows.tensor_split(2, dim=1)  # type: ignore[return-value]
 
 
-def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float, size: int, box: Box | None,
+def _l2_proposal(centre: Tensor, best: Tensor, epsilon: float | Tensor, size: int, box: Box | None,
                  generator: torch.Generator | None) -> Tensor:
     """Algorithm 3 of the paper: the perturbation's mass in two random windows moves into the first,
-    which gets a new pattern; the whole perturbation is then rescaled to norm ε.
+    which gets a new pattern; the whole perturbation is then rescaled to norm ε (one or ``[n]``).
 
     Four passes over the images (the difference, its norm, the rescaled sum, the clamp): the norms
     of the windows and of the new perturbation come from the windows alone,
@@ -209,11 +210,11 @@ class _WindowUpdate:
         return self.both, torch.cat([first, second], dim=1)
 
 
-def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilon: float, size: int,
+def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilon_squared: Tensor, size: int,
                       box: Box | None, generator: torch.Generator | None) -> _WindowUpdate:
     """:func:`_l2_proposal` for single-channel images, computed on the two windows alone and written
     into ``best`` in place (:meth:`_WindowUpdate.keep` then keeps or undoes it per image);
-    ``norm_squared`` is the current ``‖δ‖²`` (float64).
+    ``norm_squared`` is the current ``‖δ‖²`` and ``epsilon_squared`` the ``ε²`` per image (``[n]``, float64).
 
     With one channel the new window gets ``‖δ'_{W₁}‖² = ε² − ‖δ‖² + ‖δ_{W₁∪W₂}‖²``, so ``‖δ'‖ = ε``
     and the rescaling to ε is the identity (up to rounding): the proposal is ``best`` with ``W₂``
@@ -229,7 +230,7 @@ def _l2_window_update(centre: Tensor, best: Tensor, norm_squared: Tensor, epsilo
     first_between = flat_best.gather(1, first)  # W₁ with W₂ zeroed: δ on W₁ \ W₂
     both_squared = ((second_before - second_centre).square().sum(dim=1, dtype=torch.float64)
                     + (first_between - first_centre).square().sum(dim=1, dtype=torch.float64))  # ‖δ_{W₁∪W₂}‖²
-    free = (epsilon**2 - norm_squared).clamp_min(0.0)
+    free = (epsilon_squared - norm_squared).clamp_min(0.0)
     new = _new_window(old[:, None, :], (free + both_squared).sqrt().to(old.dtype), size, generator)[:, 0, :]
     first_values = clamp_to_box(first_centre + new, box)
     flat_best.scatter_(1, first, first_values)  # … and the new pattern on W₁
@@ -242,7 +243,7 @@ def square(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
     y: Tensor,
-    epsilon: float,
+    epsilon: float | Tensor,
     norm: Norm = "l2",
     queries: int = 5000,
     p_init: float = 0.8,
@@ -263,23 +264,30 @@ def square(
     in full every 256 queries, like ``‖δ‖²``, so that rounding cannot pile up).
     Starts: random ``±ε`` vertical stripes (L∞), a grid of the L2 pattern scaled to ε (L2).
 
+    ``epsilon`` is one radius or one per image (``[B]``): the images are searched independently, so one
+    call can attack every radius of an evaluation at once (an image once per radius).
+
     Returns:
         Detached inputs in the ε-ball and the box: the first misclassified point where one was
         found, else the point of lowest margin.
     """
-    check_attack(epsilon, norm)
+    check_attack(float(epsilon.min()) if isinstance(epsilon, Tensor) else epsilon, norm)
     if x.dim() != 4:
         raise ValueError(f"square needs image batches [B, C, H, W], got shape {tuple(x.shape)}")
     if queries < 1 or not 0 < p_init <= 1:
         raise ValueError(f"need queries >= 1 and 0 < p_init <= 1, got {queries}, {p_init}")
     x = x.detach()
     n, channels, height, width = x.shape
+    if isinstance(epsilon, Tensor) and epsilon.shape != (n,):
+        raise ValueError(f"epsilon must be a number or one per image ({n}), got shape {tuple(epsilon.shape)}")
+    radius = epsilon.to(x.dtype) if isinstance(epsilon, Tensor) else torch.full((n,), epsilon, dtype=x.dtype,
+                                                                                device=x.device)  # ε per image
     with torch.no_grad():
         if norm == "linf":
             stripes = _random_signs((n, channels, 1, width), x, generator)
-            best = clamp_to_box(x + epsilon * stripes, box)
+            best = clamp_to_box(torch.addcmul(x, stripes, per_sample_view(radius, x)), box)
         else:
-            best = clamp_to_box(_l2_start(x, epsilon, generator), box)
+            best = clamp_to_box(_l2_start(x, radius, generator), box)
         margin = logit_margin(model(best), y)
         result = best.clone()
         index = torch.arange(n, device=x.device)
@@ -288,14 +296,16 @@ def square(
         stem = affine_stem(model, best) if windowed else None  # then a query moves the first layer by its pixels
         hidden = stem.pre_activation(best) if stem is not None else best.new_empty(n, 0)  # the stem's output
         norm_squared = sample_norm(best - x).double().square()  # ‖δ‖², kept up to date by the windowed search
+        radius_squared = radius.double().square()
         for step in range(queries - 1):  # the start was the first query
             robust = margin > 0
             if not robust.all():  # the one host read of a query; a compaction adds one index
                 broken = (~robust).nonzero().squeeze(1)
                 result.index_copy_(0, index.index_select(0, broken), best.index_select(0, broken))
                 kept = robust.nonzero().squeeze(1)
-                index, centre, best, margin, labels, norm_squared, hidden = (
-                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, norm_squared, hidden))
+                index, centre, best, margin, labels, norm_squared, hidden, radius, radius_squared = (
+                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, norm_squared, hidden,
+                                                      radius, radius_squared))
             if len(index) == 0:
                 break
             side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
@@ -304,8 +314,8 @@ def square(
                     norm_squared = sample_norm(best - centre).double().square()
                     if stem is not None:
                         hidden = stem.pre_activation(best)
-                update = _l2_window_update(centre, best, norm_squared, epsilon, min(max(side, 3) | 1, height, width),
-                                           box, generator)
+                update = _l2_window_update(centre, best, norm_squared, radius_squared,
+                                           min(max(side, 3) | 1, height, width), box, generator)
                 if stem is not None:
                     new_hidden = stem.moved(hidden, *update.changes())
                     new_margin = logit_margin(stem.tail(new_hidden), labels)
@@ -318,9 +328,9 @@ def square(
                     hidden = select_samples(better, new_hidden, hidden)
             else:
                 if norm == "linf":
-                    proposal = _linf_proposal(centre, best, epsilon, min(max(side, 1), height, width), box, generator)
+                    proposal = _linf_proposal(centre, best, radius, min(max(side, 1), height, width), box, generator)
                 else:  # windows of odd size, at least 3
-                    proposal = _l2_proposal(centre, best, epsilon, min(max(side, 3) | 1, height, width), box, generator)
+                    proposal = _l2_proposal(centre, best, radius, min(max(side, 3) | 1, height, width), box, generator)
                 new_margin = logit_margin(model(proposal), labels)
                 better = new_margin < margin
                 best = select_samples(better, proposal, best)

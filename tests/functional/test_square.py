@@ -29,7 +29,8 @@ def test_the_in_place_window_update_proposes_what_algorithm_3_proposes(size):
 
     expected = _l2_proposal(centre, best, epsilon, size, (0.0, 1.0), torch.Generator().manual_seed(2))
     proposal = best.clone()
-    update = _l2_window_update(centre, proposal, squared, epsilon, size, (0.0, 1.0), torch.Generator().manual_seed(2))
+    update = _l2_window_update(centre, proposal, squared, torch.full((64,), epsilon**2, dtype=torch.float64), size,
+                              (0.0, 1.0), torch.Generator().manual_seed(2))
 
     assert (proposal - expected).abs().max() < 1e-6  # the same draws, the same proposal
     assert not torch.equal(proposal, best)
@@ -44,6 +45,22 @@ def test_the_in_place_window_update_proposes_what_algorithm_3_proposes(size):
     update.keep(proposal, kept)
     assert torch.equal(proposal[~kept], best[~kept])  # undone exactly
     assert (proposal[kept] - expected[kept]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("norm,channels", [("l2", 1), ("l2", 3), ("linf", 1)])  # windowed, general, L∞
+def test_square_takes_one_radius_per_image(norm, channels):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(channels * 64, 4))
+    x, y = torch.rand(12, channels, 8, 8), torch.randint(0, 4, (12,))
+    one = square(net, x, y, 0.4, norm, 200, generator=torch.Generator().manual_seed(0))
+    each = square(net, x, y, torch.full((12,), 0.4), norm, 200, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(one, each)  # the same draws, the same search
+    radius = torch.linspace(0.1, 1.2, 12)
+    mixed = square(net, x, y, radius, norm, 200, generator=torch.Generator().manual_seed(0))
+    size = (mixed - x).flatten(1).norm(p=2 if norm == "l2" else float("inf"), dim=1)
+    assert (size <= radius * (1 + 1e-4)).all() and (size >= 0.5 * radius).all()  # each in its own ball, near its edge
+    with pytest.raises(ValueError, match="one per image"):
+        square(net, x, y, torch.full((5,), 0.4), norm, 10)
 
 
 def test_an_mlp_has_an_affine_stem_that_reproduces_it():
