@@ -187,10 +187,10 @@ def test_square_closes_the_ensemble_once_over_every_radius(monkeypatch: pytest.M
 
     calls = []
 
-    def breaks_the_first(model, x, y, epsilon, **kwargs):  # a stand-in Square: breaks the first image at 0.2
+    def breaks_the_first(model, x, y, epsilon, **kwargs):  # a stand-in Square: breaks image 0 at 0.2
         calls.append(epsilon.clone())
         adversarial = x.clone()
-        first = (epsilon == 0.2).nonzero().squeeze(1)[:1]
+        first = ((epsilon == 0.2) & (x[:, 0, 1, 1] == 0)).nonzero().squeeze(1)
         adversarial[first] = 1.0 - adversarial[first]  # misclassified (no ε here moves the first pixel below ½)
         return adversarial
 
@@ -200,16 +200,25 @@ def test_square_closes_the_ensemble_once_over_every_radius(monkeypatch: pytest.M
         net[1].weight.copy_(torch.tensor([[10.0, 0, 0, 0], [-10.0, 0, 0, 0]]))  # class 1 once the first pixel < ½
         net[1].bias.copy_(torch.tensor([-5.0, 5.0]))
     x = torch.full((6, 1, 2, 2), 0.9)
+    x[:, 0, 1, 1] = torch.arange(6) / 10  # which image it is (the net reads only the first pixel)
     y = torch.zeros(6, dtype=torch.long)
     plan = EvaluationPlan(noise_sigmas=[], fgsm_epsilons=[], pgd_epsilons=[0.3, 0.1, 0.2], pgd_steps=1,
                           pgd_step_size=1e-3, apgd_steps=2, ensemble=["apgd-ce", "square"], certified_radii=[])
     assert plan.radius_members(CLASSIFICATION) == ["apgd-ce"] and plan.closing_members(CLASSIFICATION) == ["square"]
     assert plan.stages(CLASSIFICATION)[-1] == "square ε=0.1–0.3"
     scores = EvaluationSuite(plan, net, CLASSIFICATION, (0.0, 1.0)).score(x, y)
+    radii = (0.1, 0.2, 0.3)
     assert len(calls) == 1 and sorted(calls[0].tolist()) == pytest.approx([0.1] * 6 + [0.2] * 6 + [0.3] * 6)
     assert scores.robust[0.1].sum() == 6 and scores.robust[0.2].sum() == 5 and scores.robust[0.3].sum() == 5
     counts = {(epsilon, stage): int(count) for (epsilon, stage), count in scores.broken.items()}
     assert counts[(0.2, "square")] == 1 and counts[(0.3, "smaller ε")] == 1 and counts[(0.3, "square")] == 0
+
+    import lipreg.evaluation.suite as suite
+
+    monkeypatch.setattr(suite, "CLOSING_GROUP_BYTES", 100)  # 18 pairs of 2 × 16 bytes: 6 equal groups
+    calls.clear()
+    grouped = EvaluationSuite(plan, net, CLASSIFICATION, (0.0, 1.0)).score(x, y)
+    assert [len(c) for c in calls] == [3] * 6 and all(torch.equal(grouped.robust[e], scores.robust[e]) for e in radii)
 
 
 LAYERS = {  # a package and the lipreg packages it must not import (those above it)

@@ -296,7 +296,8 @@ def square(
         stem = affine_stem(model, best) if windowed else None  # then a query moves the first layer by its pixels
         hidden = stem.pre_activation(best) if stem is not None else best.new_empty(n, 0)  # the stem's output
         norm_squared = sample_norm(best - x).double().square()  # ‖δ‖², kept up to date by the windowed search
-        radius_squared = radius.double().square()
+        radius_squared = epsilon.double().square() if isinstance(epsilon, Tensor) else torch.full_like(
+            norm_squared, epsilon**2)  # ε² per image, float64, from ε as given
         for step in range(queries - 1):  # the start was the first query
             robust = margin > 0
             if not robust.all():  # the one host read of a query; a compaction adds one index

@@ -53,7 +53,8 @@ def test_square_takes_one_radius_per_image(norm, channels):
     net = nn.Sequential(nn.Flatten(), nn.Linear(channels * 64, 4))
     x, y = torch.rand(12, channels, 8, 8), torch.randint(0, 4, (12,))
     one = square(net, x, y, 0.4, norm, 200, generator=torch.Generator().manual_seed(0))
-    each = square(net, x, y, torch.full((12,), 0.4), norm, 200, generator=torch.Generator().manual_seed(0))
+    each = square(net, x, y, torch.full((12,), 0.4, dtype=torch.float64), norm, 200,
+                  generator=torch.Generator().manual_seed(0))
     assert torch.equal(one, each)  # the same draws, the same search
     radius = torch.linspace(0.1, 1.2, 12)
     mixed = square(net, x, y, radius, norm, 200, generator=torch.Generator().manual_seed(0))
