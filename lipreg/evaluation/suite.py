@@ -121,7 +121,7 @@ class EvaluationSuite:
         with parametrize.cached():
             pgd_scores = self.curve_scores(x, y, scores)
             if self.task.classification:
-                self.ensemble_scores(x, y, scores, pgd_scores)
+                self.ensemble_scores(x, y, logits, scores, pgd_scores)
             else:
                 for epsilon in sorted(self.plan.pgd_epsilons):
                     worst = torch.stack([scores.clean, *pgd_scores[epsilon]]).amax(dim=0)
@@ -172,20 +172,18 @@ class EvaluationSuite:
         reach = self.reach(epsilon, x)
         return lambda logits, y: certifier.rival_radii(logits, y) <= reach
 
-    def rivals_ruled_out(self, epsilon: float, x: Tensor, y: Tensor, attacked: Tensor) -> Tensor | None:
+    def rivals_ruled_out(self, epsilon: float, x: Tensor, logits: Tensor, y: Tensor, attacked: Tensor) -> Tensor | None:
         """``[ruled out, in all]`` of the rival runs APGD-T makes on the ``attacked`` images of ``x``
-        (its ``apgd_targets`` highest-ranked rivals each) that the certificate rules out at ε; ``None``
-        where it rules none out (:attr:`prunes_rivals`)."""
-        reachable = self.reachable(epsilon, x)
-        if not self.prunes_rivals or reachable is None:
+        (clean ``logits``; its ``apgd_targets`` highest-ranked rivals each) that the certificate rules out
+        at ε; ``None`` where it rules none out (:attr:`prunes_rivals`)."""
+        reachable = self.reachable(epsilon, x) if self.prunes_rivals else None
+        if reachable is None:
             return None
-        x, y = x[attacked], y[attacked]
-        with torch.no_grad():
-            logits = self.net(x)
+        logits, y = logits[attacked], y[attacked]
         targets = min(self.plan.apgd_targets, logits.shape[1] - 1)
         ranked = logits.argsort(dim=1, descending=True)[:, 1 : targets + 1]
         open_rivals = reachable(logits, y).gather(1, ranked)
-        return torch.stack([(~open_rivals).sum(), torch.tensor(open_rivals.numel(), device=x.device)])
+        return torch.stack([(~open_rivals).sum(), torch.tensor(open_rivals.numel(), device=logits.device)])
 
     def members(self, epsilon: float, x: Tensor) -> list[tuple[str, Attack]]:
         """The ensemble's attacks that run at ε (all but the closing ones, :meth:`EvaluationPlan.radius_members`)
@@ -217,10 +215,11 @@ class EvaluationSuite:
 
         return [(name, staged(name)) for name in plan.closing_members(self.task, self.image_inputs)]
 
-    def ensemble_scores(self, x: Tensor, y: Tensor, scores: ChunkScores, pgd_scores: dict[float, list[Tensor]]) -> None:
+    def ensemble_scores(self, x: Tensor, y: Tensor, logits: Tensor, scores: ChunkScores,
+                        pgd_scores: dict[float, list[Tensor]]) -> None:
         """Robust correctness per ε, how many images each stage broke first (``clean``: misclassified
         already, ``pgd``: the PGD columns, ``smaller ε``: broken at a smaller radius, then each member)
-        and :meth:`rivals_ruled_out`, into ``scores``.
+        and :meth:`rivals_ruled_out`, into ``scores`` (``logits``: the clean ones).
 
         The radii run from small to large: at ε the members attack the images that survived the PGD
         columns and were robust at the radius below, unless certified beyond ε (a proven radius: no
@@ -241,7 +240,7 @@ class EvaluationSuite:
             if proven_radius:
                 proven = candidates & (scores.radius > self.reach(epsilon, x))
             attacked = candidates & ~proven
-            rivals = self.rivals_ruled_out(epsilon, x, y, attacked)
+            rivals = self.rivals_ruled_out(epsilon, x, logits, y, attacked)
             if rivals is not None:
                 scores.rivals[epsilon] = rivals
             breakers[epsilon] = first_breakers(self.net, x, y, self.members(epsilon, x), attacked)
@@ -249,21 +248,8 @@ class EvaluationSuite:
             for broken in breakers[epsilon].values():
                 left[epsilon] &= ~broken
             robust_below = left[epsilon] | proven
-        closing = self.closing_members()
-        if closing:
-            images = [left[epsilon].nonzero().squeeze(1) for epsilon in radii]  # each image once per radius
-            which = torch.cat([torch.full_like(index, k) for k, index in enumerate(images)])  # its radius
-            radius = torch.tensor(radii, dtype=x.dtype, device=x.device)[which]
-            images = torch.cat(images)
-            data = len(images) * 2 * x[0].numel() * x.element_size()  # the pairs' images and iterates
-            groups = torch.arange(len(images), device=x.device).tensor_split(max(1, -(-data // CLOSING_GROUP_BYTES)))
-            found = [first_breakers(self.net, x[images[g]], y[images[g]], closing, torch.ones_like(g, dtype=torch.bool),
-                                    radius[g]) for g in groups]
-            pairs = {name: torch.cat([part[name] for part in found]) for name in found[0]}
-            for k, epsilon in enumerate(radii):
-                at = which == k
-                for name, broken in pairs.items():
-                    breakers[epsilon][name] = torch.zeros_like(left[epsilon]).index_put_((images[at],), broken[at])
+        for epsilon, closing in self.closing_breakers(x, y, left).items():
+            breakers[epsilon].update(closing)
         robust_below = None
         for epsilon in radii:  # the first stage to break each image, in the ensemble's order
             robust = survived[epsilon] if robust_below is None else survived[epsilon] & robust_below
@@ -276,6 +262,27 @@ class EvaluationSuite:
             scores.robust[epsilon] = robust.float()
             scores.broken.update({(epsilon, stage): count for stage, count in counts.items()})
             robust_below = robust
+
+
+    def closing_breakers(self, x: Tensor, y: Tensor, left: dict[float, Tensor]) -> dict[float, dict[str, Tensor]]:
+        """Per ε, per closing member, the images it was the first of them to break among those ``left`` at ε
+        (``[B]`` bool each): one call over every radius, each image once per radius with its own ε, in
+        equal groups of at most :data:`CLOSING_GROUP_BYTES` of image data ({} without closing members)."""
+        closing = self.closing_members()
+        if not closing:
+            return {}
+        radii = list(left)
+        images = [left[epsilon].nonzero().squeeze(1) for epsilon in radii]  # each image once per radius
+        which = torch.cat([torch.full_like(index, k) for k, index in enumerate(images)])  # its radius
+        radius = torch.tensor(radii, dtype=x.dtype, device=x.device)[which]
+        images = torch.cat(images)
+        data = len(images) * 2 * x[0].numel() * x.element_size()  # the pairs' images and iterates
+        groups = torch.arange(len(images), device=x.device).tensor_split(max(1, -(-data // CLOSING_GROUP_BYTES)))
+        found = [first_breakers(self.net, x[images[g]], y[images[g]], closing, torch.ones_like(g, dtype=torch.bool),
+                                radius[g]) for g in groups]
+        pairs = {name: torch.cat([part[name] for part in found]) for name, _ in closing}
+        return {epsilon: {name: torch.zeros_like(left[epsilon]).index_put_((images[which == k],), broken[which == k])
+                          for name, broken in pairs.items()} for k, epsilon in enumerate(radii)}
 
 
 def split_scores(net: nn.Module, task: TaskSpec, x: Tensor, y: Tensor, rank: int = 0, world_size: int = 1,

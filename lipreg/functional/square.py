@@ -288,12 +288,13 @@ def square(
             best = clamp_to_box(torch.addcmul(x, stripes, per_sample_view(radius, x)), box)
         else:
             best = clamp_to_box(_l2_start(x, radius, generator), box)
-        margin = logit_margin(model(best), y)
+        start = model(best)
+        margin = logit_margin(start, y)
         result = best.clone()
         index = torch.arange(n, device=x.device)
         centre, labels = x, y
         windowed = norm == "l2" and channels == 1  # the proposal from the windows alone (_l2_window_update)
-        stem = affine_stem(model, best) if windowed else None  # then a query moves the first layer by its pixels
+        stem = affine_stem(model, best, start) if windowed else None  # then a query moves the first layer by its pixels
         hidden = stem.pre_activation(best) if stem is not None else best.new_empty(n, 0)  # the stem's output
         norm_squared = sample_norm(best - x).double().square()  # ‖δ‖², kept up to date by the windowed search
         radius_squared = epsilon.double().square() if isinstance(epsilon, Tensor) else torch.full_like(

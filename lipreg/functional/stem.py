@@ -41,8 +41,9 @@ class AffineStem:
         return hidden + F.embedding_bag(indices, self.matrix, per_sample_weights=changes, mode="sum")
 
 
-def affine_stem(model: Callable[[Tensor], Tensor], x: Tensor) -> AffineStem | None:
-    """The affine stem of ``model`` for inputs like ``x``, or ``None`` where it has none.
+def affine_stem(model: Callable[[Tensor], Tensor], x: Tensor, outputs: Tensor | None = None) -> AffineStem | None:
+    """The affine stem of ``model`` for inputs like ``x``, or ``None`` where it has none (``outputs``:
+    ``model(x)`` where the caller has it, which saves the check a forward).
 
     ``model`` must be an ``nn.Sequential`` or hold one as ``layers`` (lipreg's MLPs) whose layers
     before the first ``Linear`` only reshape (:data:`RESHAPING_LAYERS`) or map each input
@@ -68,7 +69,7 @@ def affine_stem(model: Callable[[Tensor], Tensor], x: Tensor) -> AffineStem | No
         linear = layers[first]
         offset = linear.weight @ shift.flatten() + (0.0 if linear.bias is None else linear.bias)
         stem = AffineStem((linear.weight * scale.flatten()).T.contiguous(), offset, layers[first + 1 :])
-        expected = model(x)
+        expected = model(x) if outputs is None else outputs
         tolerance = 1e-4 * (expected.abs() + expected.abs().max().clamp_min(1.0))
         if not bool(((stem.tail(stem.pre_activation(x)) - expected).abs() <= tolerance).all()):  # one host read
             return None
