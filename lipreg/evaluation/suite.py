@@ -12,6 +12,7 @@ an L2 certificate counts only beyond ``ε·√d``, the L2 radius of the L∞ bal
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -185,35 +186,33 @@ class EvaluationSuite:
         open_rivals = reachable(logits, y).gather(1, ranked)
         return torch.stack([(~open_rivals).sum(), torch.tensor(open_rivals.numel(), device=logits.device)])
 
+    def _announcing(self, stage: str, attack: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``attack`` telling :attr:`stage` its name when it starts."""
+        def run(*args: Tensor) -> Tensor:
+            self.stage(stage)
+            return attack(*args)
+
+        return run
+
     def members(self, epsilon: float, x: Tensor) -> list[tuple[str, Attack]]:
         """The ensemble's attacks that run at ε (all but the closing ones, :meth:`EvaluationPlan.radius_members`)
         on images like ``x``, each announcing its stage when it starts."""
         plan, reachable = self.plan, self.reachable(epsilon, x)
-
-        def staged(name: str, attack: Attack) -> Attack:
-            def run(x: Tensor, y: Tensor) -> Tensor:
-                self.stage(f"{name} ε={epsilon:g}")
-                return attack(x, y)
-
-            return run
-
-        return [(name, staged(name, build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box,
-                                                 self.generator, reachable)))
+        return [(name, self._announcing(f"{name} ε={epsilon:g}", build_attack(
+                    name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box, self.generator, reachable)))
                 for name in plan.radius_members(self.task, self.image_inputs)]
 
     def closing_members(self) -> list[tuple[str, Callable[[Tensor, Tensor, Tensor], Tensor]]]:
         """The ensemble's closing attacks (:meth:`EvaluationPlan.closing_members`), ``(x, y, ε per image) ->
         adversarial x``, each announcing its stage when it starts."""
         plan = self.plan
+        return [(name, self._announcing(f"{name} {plan.radii_label()}", partial(self._closing_attack, name)))
+                for name in plan.closing_members(self.task, self.image_inputs)]
 
-        def staged(name: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-            def run(x: Tensor, y: Tensor, epsilon: Tensor) -> Tensor:
-                self.stage(f"{name} {plan.radii_label()}")
-                return build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box, self.generator)(x, y)
-
-            return run
-
-        return [(name, staged(name)) for name in plan.closing_members(self.task, self.image_inputs)]
+    def _closing_attack(self, name: str, x: Tensor, y: Tensor, epsilon: Tensor) -> Tensor:
+        """The closing member ``name`` on ``x`` with a radius per image."""
+        plan = self.plan
+        return build_attack(name, self.net, epsilon, plan.pgd_norm, plan.budget, self.box, self.generator)(x, y)
 
     def ensemble_scores(self, x: Tensor, y: Tensor, logits: Tensor, scores: ChunkScores,
                         pgd_scores: dict[float, list[Tensor]]) -> None:
