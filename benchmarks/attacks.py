@@ -49,12 +49,14 @@ import torch.nn.functional as F
 
 from lipreg.cli import run
 from lipreg.data import MNISTDataModule
+from lipreg.evaluation import RobustnessResult
 from lipreg.evaluation.registry import build_attack
 from lipreg.functional import pgd
 from lipreg.functional.ensemble import EnsembleBudget, robust_under_ensemble
 from lipreg.functional.stem import affine_stem
 from lipreg.methods.base import LipRegModule
 from lipreg.nets import MLP
+from lipreg.report.table import time_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,6 +221,8 @@ def compare_test_runs(args: argparse.Namespace, config: Path, checkpoint: Path) 
             "" if old_value is None else f"  old {100 * old_value:.2f} %"))
     if new.get("mean_certified_radius") is not None:
         print(f"  mean certified radius (new): {new['mean_certified_radius']:.4g}")
+    if new.get("seconds"):
+        print(f"  where the new test's time went: {time_summary(RobustnessResult.from_dict(new))}")
     floor = pass_floor(checkpoint, new)
     print(f"  pass floor of the new test: {floor:.1f} s (the new test takes {new_time / floor:.1f}× it; "
           f"0.2× the old time is {0.2 * old_time:.1f} s)")

@@ -28,6 +28,7 @@ from lipreg.functional.square import square
 from lipreg.methods import Standard
 from lipreg.nets import MLP
 from lipreg.report import INCOMPLETE_MARKER, PARTIAL_RESULT_FILE, format_table
+from lipreg.report.table import time_summary
 from lipreg.task import CLASSIFICATION
 
 from .helpers import BlobsDataModule, CountingNet, quiet_trainer
@@ -225,7 +226,8 @@ def evaluation(kind: type[RobustnessEvaluation] = RobustnessEvaluation, **overri
     return kind(**settings)
 
 
-def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(tmp_path: Path):
+def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture):
     """The evaluation's robust accuracy against attacking every radius from scratch, full length."""
     torch.manual_seed(0)
     data = TinyImages()
@@ -255,6 +257,9 @@ def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(t
     assert saved["intervals"] == json.loads(json.dumps(result.intervals.to_dict()))
     assert RobustnessResult.from_dict(saved) == result  # the JSON round trip
     assert "95 % Wilson intervals" in format_table([result]) and "mean certified radius" in format_table([result])
+    stages = {"clean+certificate", "pgd", "pgd_sign", "apgd-ce", "apgd-t", "square", "lipschitz lower bound"}
+    assert set(result.seconds) == stages and all(seconds > 0 for seconds in result.seconds.values())
+    assert "time: " in capsys.readouterr().out  # where the time went, under the table
 
 
 def test_progress_lines_name_the_stage_images_done_and_time_left(capsys: pytest.CaptureFixture):
@@ -281,6 +286,60 @@ def test_progress_extrapolates_from_the_stages_done():
     progress.end_batch()
     assert progress.fraction() == pytest.approx(0.5)
     assert "500 of 1,000 images done" in lines[-1]
+
+
+def test_progress_times_each_attack_over_its_radii_and_what_it_is_told_to(monkeypatch: pytest.MonkeyPatch):
+    now = [0.0]
+    monkeypatch.setattr("lipreg.evaluation.progress.time.monotonic", lambda: now[0])
+    progress = EvaluationProgress(10, ["pgd ε=1", "apgd-t ε=1", "pgd ε=2"], every=0)
+
+    def at(moment: float, step: str, *args: str) -> None:
+        now[0] = moment
+        getattr(progress, step)(*args)
+
+    at(1.0, "begin_batch", 10)  # the clean pass and the certificate until the first stage
+    at(3.0, "stage", "pgd ε=1")
+    at(4.0, "stage", "apgd-t ε=1")
+    at(8.0, "stage", "pgd ε=2")
+    at(9.0, "end_batch")
+    now[0] = 19.0
+    with progress.timed("lipschitz lower bound"):
+        now[0] = 20.0
+    at(20.5, "begin_batch", 0)
+    at(30.0, "end_batch")
+    assert progress.seconds == {"clean+certificate": 2.0 + 9.5, "pgd": 1.0 + 1.0, "apgd-t": 4.0,
+                                "lipschitz lower bound": 1.0}
+    result = RobustnessResult(method="Standard", task="classification", metric="accuracy", checkpoint=None,
+                              samples=10, attack_samples=10, clean=1.0, clean_subset=1.0,
+                              seconds={**progress.seconds, "noise": 0.01, "fgsm": 0.02})
+    assert time_summary(result) == ("time: 19 s in all: clean+certificate 12 s (62%), apgd-t 4 s (22%), "
+                                    "pgd 2 s (11%), lipschitz lower bound 1 s (5%), the rest 0 s")
+    assert RobustnessResult.from_dict(json.loads(json.dumps(result.to_dict()))).seconds == result.seconds
+    assert RobustnessResult.from_dict({k: v for k, v in result.to_dict().items() if k != "seconds"}).seconds == {}
+
+
+def test_the_time_left_weights_each_stage_by_its_seconds_per_image_in_the_last_batch(
+        monkeypatch: pytest.MonkeyPatch):
+    now = [0.0]
+    monkeypatch.setattr("lipreg.evaluation.progress.time.monotonic", lambda: now[0])
+    progress = EvaluationProgress(300, ["pgd ε=1", "square ε=1"], every=0)
+    progress.begin_batch(100)
+    progress.stage("pgd ε=1")
+    now[0] = 10.0
+    progress.stage("square ε=1")
+    assert progress.within_batch() == pytest.approx(0.5)  # the first batch: stage by stage
+    now[0] = 100.0
+    progress.end_batch()  # 0.1 s an image in PGD, 0.9 s in Square
+    progress.begin_batch(200)
+    progress.stage("pgd ε=1")
+    now[0] = 110.0
+    assert progress.within_batch() == pytest.approx(0.05)  # half of PGD's expected 20 s
+    now[0] = 130.0
+    assert progress.within_batch() == pytest.approx(0.1)  # PGD's weight at most, though it runs long
+    progress.stage("square ε=1")
+    now[0] = 220.0
+    assert progress.within_batch() == pytest.approx(0.1 + 0.9 * 90 / 180)
+    assert progress.fraction() == pytest.approx((100 + 200 * 0.55) / 300)
 
 
 class InterruptAfter(RobustnessEvaluation):

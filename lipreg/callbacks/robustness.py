@@ -205,12 +205,14 @@ class RobustnessEvaluation(L.Callback):
         train = lower = None
         if finished and splits is not None:
             if self.train_accuracy:
-                train_scores = epoch_mean().to(module.device)
-                train_scores.update(split_scores(module.net, module.task_spec, *splits.train, trainer.global_rank,
-                                                 trainer.world_size))
-                train = float(train_scores.compute())
-            lower = lower_bound(module.net, splits.test[0][: self.lipschitz_pairs].to(module.device),
-                                module.input_box, self.lipschitz_steps, self.seed, self.schedule.spent)
+                with self.progress.timed("train split"):
+                    train_scores = epoch_mean().to(module.device)
+                    train_scores.update(split_scores(module.net, module.task_spec, *splits.train,
+                                                     trainer.global_rank, trainer.world_size))
+                    train = float(train_scores.compute())
+            with self.progress.timed("lipschitz lower bound"):
+                lower = lower_bound(module.net, splits.test[0][: self.lipschitz_pairs].to(module.device),
+                                    module.input_box, self.lipschitz_steps, self.seed, self.schedule.spent)
         certified, mean_radius = scores.certified_computed()
         return RobustnessResult(
             method=type(module).__name__, task=module.task, metric=module.task_spec.metric,
@@ -221,6 +223,7 @@ class RobustnessEvaluation(L.Callback):
             certified=certified, mean_certified_radius=mean_radius,
             coefficient={module.coefficient_name: float(module.lam)} if module.is_regularised else {},
             settings=self.plan.settings(), time_budget_minutes=self.time_budget if self.schedule.reached else None,
+            seconds={kind: round(seconds, 3) for kind, seconds in self.progress.seconds.items()},
             incomplete=not finished)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,11 +1,16 @@
-"""The progress line of ``lipreg test``: what it attacks now, how many images are done, the time left."""
+"""The progress line of ``lipreg test``: what it attacks now, how many images are done, the time left;
+and where the time went, per attack."""
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from torch import Tensor
 
 from lipreg.timing import duration
+
+#: The kind of the time a batch spends before its first stage: the clean forward pass and the certificate.
+CHUNK_START = "clean+certificate"
 
 
 class EvaluationProgress:
@@ -15,7 +20,13 @@ class EvaluationProgress:
     (``stage``: an attack at a radius); attack loops call :meth:`tick` every step (through
     ``lipreg.functional.progress.reporting``), so a line comes on time inside a long attack on a
     large batch too. The time left extrapolates the elapsed time over the images done, a batch in
-    progress counted by the share of its stages done.
+    progress counted by the share of its work done: each stage weighted by the seconds per image it
+    took in the last batch finished (in the first batch, each stage alike), the current one by the
+    time it has run so far (at most its weight), so that a long last stage does not read as nearly done.
+
+    It also keeps the seconds spent per kind of stage (:attr:`seconds`): per attack (a stage's name up
+    to its first space, e.g. ``apgd-t`` over every ε), :data:`CHUNK_START` for what a batch does before
+    its first stage (the clean forward pass and the certificate), and whatever :meth:`timed` wraps.
 
     Args:
         images: the images the evaluation attacks (``None``: unknown).
@@ -37,6 +48,10 @@ class EvaluationProgress:
         self.batch = 0
         self.current = ""
         self.started = self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self._timing: tuple[str, str, float] | None = None  # the stage being timed, its kind and since when
+        self._batch_seconds: dict[str, float] = {}  # per stage of the batch in progress (and CHUNK_START)
+        self._per_image: dict[str, float] = {}  # seconds per image per stage in the last batch finished
 
     def start(self, attacks: Sequence[str]) -> None:
         """The first line: what will be attacked, with which attacks."""
@@ -48,18 +63,43 @@ class EvaluationProgress:
         self.write(f"lipreg test: attacking {count}{budget} with {', '.join(attacks) or 'no attack'}; "
                    f"a progress line at least every {self.every:g} s")
 
+    def _time(self, name: str | None, kind: str | None = None) -> None:
+        """Add the time since the last call to what was timed then, and time the stage ``name`` (as ``kind``,
+        default its name up to the first space) from now (``None``: nothing)."""
+        now = time.monotonic()
+        if self._timing is not None:
+            timed, timed_kind, since = self._timing
+            self.seconds[timed_kind] = self.seconds.get(timed_kind, 0.0) + now - since
+            if self.batch:
+                self._batch_seconds[timed] = self._batch_seconds.get(timed, 0.0) + now - since
+        self._timing = None if name is None else (name, kind or name.split(" ", 1)[0], now)
+
     def begin_batch(self, size: int) -> None:
-        self.batch, self.current = size, ""
+        self.batch, self.current, self._batch_seconds = size, "", {}
+        self._time(CHUNK_START)
 
     def end_batch(self) -> None:
+        self._time(None)
+        if self.batch:
+            self._per_image = {name: seconds / self.batch for name, seconds in self._batch_seconds.items()}
         self.done += self.batch
         self.batch = 0
         self.tick()
 
     def stage(self, name: str) -> None:
-        """The batch enters ``name`` (e.g. ``apgd-t ε=1``)."""
+        """The batch enters ``name`` (e.g. ``apgd-t ε=1``; timed as ``apgd-t``)."""
         self.current = name
+        self._time(name)
         self.tick()
+
+    @contextmanager
+    def timed(self, kind: str) -> Iterator[None]:
+        """Time the block as ``kind`` (outside a batch: e.g. the Lipschitz lower bound)."""
+        self._time(kind, kind)
+        try:
+            yield
+        finally:
+            self._time(None)
 
     def staged(self, name: str, attack: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
         """``attack`` announcing ``name`` as its stage when it starts."""
@@ -70,13 +110,24 @@ class EvaluationProgress:
 
         return run
 
+    def within_batch(self) -> float:
+        """The share of the batch in progress done: its stages before the current one and the current
+        one's time so far, weighted by the last batch's seconds per image (else stage by stage)."""
+        if not self.batch or self.current not in self.stages:
+            return 0.0
+        order = [CHUNK_START, *self.stages]
+        at = order.index(self.current)
+        weights = [self._per_image.get(name, 0.0) for name in order]
+        if sum(weights) <= 0:
+            return self.stages.index(self.current) / len(self.stages)
+        running = 0.0 if self._timing is None else (time.monotonic() - self._timing[2]) / self.batch
+        return (sum(weights[:at]) + min(running, weights[at])) / sum(weights)
+
     def fraction(self) -> float:
-        """The share of the work done, a batch in progress counted by its stages."""
+        """The share of the work done, a batch in progress counted by :meth:`within_batch`."""
         if not self.images:
             return 0.0
-        within = 0.0
-        if self.batch and self.current in self.stages:
-            within = self.stages.index(self.current) / len(self.stages)
+        within = self.within_batch()
         return min((self.done + self.batch * within) / self.images, 1.0)
 
     def tick(self) -> None:

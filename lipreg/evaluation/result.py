@@ -115,6 +115,9 @@ class RobustnessResult:
         coefficient: the regularisation coefficient by its name (``{"lambda": 0.1}``).
         settings: the attack settings.
         time_budget_minutes: set when the time budget stopped the attacks early.
+        seconds: where this process's test time went, per kind of stage in the order they first ran
+            (``EvaluationProgress.seconds``: per attack over every ε, the clean pass and certificate of
+            each chunk, the Lipschitz lower bound, the training split); empty in earlier files.
         incomplete: the test was interrupted (``robustness.partial.json``).
         name: how ``lipreg compare`` labels the run (not saved).
     """
@@ -136,6 +139,7 @@ class RobustnessResult:
     coefficient: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     time_budget_minutes: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
     incomplete: bool = False
     name: str | None = None
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from lipreg.evaluation.result import RobustnessResult
 from lipreg.report.figures import close_figure, robustness_figure
-from lipreg.report.table import ensemble_summary, format_table
+from lipreg.report.table import ensemble_summary, format_table, time_summary
 
 #: The file ``lipreg test`` writes its result to, and ``lipreg compare`` looks for.
 RESULT_FILE = "robustness.json"
@@ -54,7 +54,7 @@ def write_results(result: RobustnessResult, directory: Path) -> list[Path]:
 def publish_result(result: RobustnessResult, directory: Path) -> str:
     """Write a finished test's files into ``directory`` (removing an earlier interrupted run's marker
     and partial result) and return what ``lipreg test`` prints: the table, the ensemble's summary,
-    what the sample leaves uncertain and the files written."""
+    what the sample leaves uncertain, where the time went and the files written."""
     for stale in (INCOMPLETE_MARKER, PARTIAL_RESULT_FILE):
         (directory / stale).unlink(missing_ok=True)
     paths = write_results(result, directory)
@@ -65,6 +65,9 @@ def publish_result(result: RobustnessResult, directory: Path) -> str:
     note = sample_note(result)
     if note:
         lines.append(note)
+    timing = time_summary(result)
+    if timing:
+        lines.append(timing)
     lines.append("wrote " + ", ".join(str(p) for p in paths))
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 from lipreg.evaluation.result import Interval, RobustnessResult
+from lipreg.timing import duration
 
 #: How each curve is labelled in tables and plots.
 CURVE_LABELS = {
@@ -57,6 +58,20 @@ def ensemble_summary(result: RobustnessResult) -> str:
             line += f"; APGD-T rivals ruled out by the certificate: {ruled_out:,} of {runs:,}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def time_summary(result: RobustnessResult) -> str:
+    """Where the test's time went (``RobustnessResult.seconds``): each kind of stage that took at
+    least 1 % of it, largest first, then the rest together."""
+    if not result.seconds:
+        return ""
+    total = sum(result.seconds.values())
+    ordered = sorted(result.seconds.items(), key=lambda item: -item[1])
+    shown = [(kind, seconds) for kind, seconds in ordered if total > 0 and seconds >= 0.01 * total]
+    parts = [f"{kind} {duration(seconds)} ({seconds / total:.0%})" for kind, seconds in shown]
+    if len(shown) < len(ordered):
+        parts.append(f"the rest {duration(total - sum(seconds for _, seconds in shown))}")
+    return f"time: {duration(total)} in all: {', '.join(parts)}"
 
 
 def table_rows(result: RobustnessResult) -> list[tuple[str, str]]:
