@@ -60,7 +60,9 @@ class RobustnessEvaluation(L.Callback):
     (``intervals`` in the JSON); where one is wider than ±1 point the test says how many images
     ±1 point needs, and the ``sample_size`` or ``time_budget`` that attacks them.
     A progress line comes at the start and then at least every ``progress_every`` seconds, inside
-    long attacks too: the stage (attack, ε), images done and the time left.
+    long attacks too: the stage (attack, ε), images done and the time left. The result records
+    where the time went (``seconds``: per attack over every ε, the clean pass and certificate of
+    each chunk, the bounds), printed as a ``time:`` line under the table.
 
     Results are logged (``test/pgd_acc@2`` …), printed as a table, and written as
     ``robustness.json``, ``.csv`` and ``.png`` (curves against ε) into ``output_dir`` (default: the
