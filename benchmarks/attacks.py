@@ -32,6 +32,13 @@ ensemble built from torchattacks, and the time of a full ``lipreg test`` on MNIS
    cost of one pass over a batch of 1,000 measured in the same process (a Square query on an MLP:
    its affine stem's move by two 3 × 3 windows and the layers after it, Square's cheapest query);
    0.2× the old time below that floor cannot be reached without a smaller ensemble.
+
+   A ``CONFIG`` given relative to the repository is each tree's own file of that name (where the old
+   tree has it). ``--old-drop KEY …`` names hyperparameters of the checkpoints that the old tree's
+   methods do not take (``input_noise``, CLIP's ``active_pairs``): the old tree then tests a copy of
+   the checkpoint without them, the same weights. With ``--old-on-attacked`` the old tree attacks
+   only as many images as the new test did (``--evaluation.sample_size`` set to them, the same first
+   test images): for a new test that its time budget cut short, such as the default test of a CNN.
 """
 
 import argparse
@@ -127,13 +134,17 @@ def main() -> None:
     parser.add_argument("--old-tree", type=Path, default=None, help="a worktree of an earlier lipreg to time against")
     parser.add_argument("--checkpoints", nargs="*", default=[], metavar="CONFIG=CKPT",
                         help="config and checkpoint pairs for the old-against-new lipreg test")
+    parser.add_argument("--old-drop", nargs="*", default=[], metavar="KEY",
+                        help="hyperparameters left out of the old tree's copy of each checkpoint")
+    parser.add_argument("--old-on-attacked", action="store_true",
+                        help="the old tree attacks only as many (first) test images as the new test attacked")
     parser.add_argument("--test-args", nargs=argparse.REMAINDER, default=[],
                         help="options for both trees' lipreg test (the rest of the command line)")
     args = parser.parse_args()
     if args.old_tree is not None:
         for pair in args.checkpoints:
             config, checkpoint = pair.split("=", 1)
-            compare_test_runs(args, Path(config).resolve(), Path(checkpoint).resolve())
+            compare_test_runs(args, Path(config), Path(checkpoint).resolve())
         return
 
     data = MNISTDataModule(data_dir=args.data_dir)
@@ -189,12 +200,14 @@ def time_test_run(args: argparse.Namespace) -> None:
     print(f"\nfull `lipreg test` (default evaluation suite, 10,000 test images): {time.perf_counter() - start:.1f} s")
 
 
-def timed_test(tree: Path, config: Path, checkpoint: Path, args: argparse.Namespace) -> tuple[float, dict]:
-    """``python -m lipreg test`` of ``tree`` (its working directory first on the path): seconds and result."""
+def timed_test(tree: Path, config: Path, checkpoint: Path, args: argparse.Namespace,
+               extra: tuple[str, ...] = ()) -> tuple[float, dict]:
+    """``python -m lipreg test`` of ``tree`` (its working directory first on the path) with ``args.test_args``
+    and then ``extra``: seconds and result."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "lipreg", "test", "--config", str(config), "--ckpt_path", str(checkpoint),
                    "--data.init_args.data_dir", str(Path(args.data_dir).resolve()), "--trainer.logger", "false",
-                   "--evaluation.output_dir", out, *args.test_args]
+                   "--evaluation.output_dir", out, *args.test_args, *extra]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=os.environ)
         seconds = time.perf_counter() - start
@@ -205,9 +218,16 @@ def timed_test(tree: Path, config: Path, checkpoint: Path, args: argparse.Namesp
 
 def compare_test_runs(args: argparse.Namespace, config: Path, checkpoint: Path) -> None:
     """The default ``lipreg test`` of this tree against ``args.old_tree`` on one checkpoint."""
-    new_time, new = timed_test(REPO, config, checkpoint, args)
-    old_time, old = timed_test(args.old_tree.resolve(), config, checkpoint, args)
+    old_tree = args.old_tree.resolve()
+    own_config = old_tree / config if not config.is_absolute() and (old_tree / config).is_file() else config
+    new_time, new = timed_test(REPO, config.resolve(), checkpoint, args)
+    with tempfile.TemporaryDirectory() as copy:
+        old_checkpoint = without_hyperparameters(checkpoint, args.old_drop, Path(copy))
+        same_images = ("--evaluation.sample_size", str(new["attack_samples"])) if args.old_on_attacked else ()
+        old_time, old = timed_test(old_tree, own_config.resolve(), old_checkpoint, args, same_images)
     print(f"\nlipreg test, defaults{' + ' + ' '.join(args.test_args) if args.test_args else ''}: {checkpoint}")
+    if same_images:
+        print(f"  the old tree with {' '.join(same_images)} (the images the new test attacked)")
     print(f"  {os.environ.get('OMP_NUM_THREADS', 'all')} threads; attacked images new {new['attack_samples']}, "
           f"old {old['attack_samples']} (of {new['samples']})")
     print(f"  new {new_time:8.1f} s   old {old_time:8.1f} s   ratio {new_time / old_time:.2f}")
@@ -226,6 +246,18 @@ def compare_test_runs(args: argparse.Namespace, config: Path, checkpoint: Path) 
     floor = pass_floor(checkpoint, new)
     print(f"  pass floor of the new test: {floor:.1f} s (the new test takes {new_time / floor:.1f}× it; "
           f"0.2× the old time is {0.2 * old_time:.1f} s)")
+
+
+def without_hyperparameters(checkpoint: Path, keys: list[str], folder: Path) -> Path:
+    """``checkpoint``, or where ``keys`` name some of its hyperparameters a copy in ``folder`` without them."""
+    if not keys:
+        return checkpoint
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in keys:
+        state["hyper_parameters"].pop(key, None)
+    copy = folder / checkpoint.name
+    torch.save(state, copy)
+    return copy
 
 
 def pass_seconds(net: torch.nn.Module, shape: tuple[int, ...] = (1, 28, 28), batch: int = 1000,

@@ -89,13 +89,36 @@ def test_mixed_precision_benchmark_shows_bf16_errors_and_exact_lipreg_quotients(
     assert initial[0] > 1 and initial[2] == 0.0, out  # bf16 logits: large error; lipreg's quotients: exact
 
 
-def test_the_pass_floor_counts_only_work_no_schedule_can_skip():
+def attack_benchmark():
     import importlib.util
 
     path = Path(__file__).parents[1] / "benchmarks" / "attacks.py"
     spec = importlib.util.spec_from_file_location("attacks_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_old_tree_gets_a_checkpoint_copy_without_the_hyperparameters_it_does_not_take(tmp_path: Path):
+    import torch
+
+    module = attack_benchmark()
+    checkpoint = tmp_path / "run" / "best.ckpt"
+    checkpoint.parent.mkdir()
+    weights = {"net.layers.2.weight": torch.randn(3, 4)}
+    torch.save({"state_dict": weights, "hyper_parameters": {"seed": 0, "input_noise": 0.0, "active_pairs": 32}},
+               checkpoint)
+    assert module.without_hyperparameters(checkpoint, [], tmp_path) == checkpoint  # nothing to drop: the file itself
+    copy = module.without_hyperparameters(checkpoint, ["input_noise", "active_pairs", "absent"], tmp_path)
+    assert copy != checkpoint and copy.parent == tmp_path
+    state = torch.load(copy, weights_only=False)
+    assert state["hyper_parameters"] == {"seed": 0}
+    assert torch.equal(state["state_dict"]["net.layers.2.weight"], weights["net.layers.2.weight"])
+    assert torch.load(checkpoint, weights_only=False)["hyper_parameters"]["input_noise"] == 0.0  # original untouched
+
+
+def test_the_pass_floor_counts_only_work_no_schedule_can_skip():
+    module = attack_benchmark()
     result = {"settings": {"apgd_steps": 100, "square_queries": 5000, "pgd_steps": 100}, "attack_samples": 1000,
               "curves": {"robust": [(0.5, 0.75), (2.0, 0.05)], "pgd": [(0.5, 0.8)], "pgd_sign": [(0.5, 0.9)]},
               "certified": [(0.3, 0.6), (0.5, 0.2), (1.0, 0.0)]}

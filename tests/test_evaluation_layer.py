@@ -14,6 +14,7 @@ from lipreg.errors import LipregError
 from lipreg.evaluation import ATTACKS, CERTIFICATES, EvaluationPlan, EvaluationSuite, RobustnessResult
 from lipreg.evaluation.registry import CLASSIFICATION_ATTACKS
 from lipreg.functional.losses import hkr_loss, lipschitz_margin_cross_entropy
+from lipreg.functional.progress import reporting
 from lipreg.functional.smoothing import ABSTAIN, clopper_pearson_lower, smoothed_certify
 from lipreg.methods import Standard
 from lipreg.nets import MLP
@@ -82,9 +83,13 @@ def test_every_registered_attack_builds_names_its_budget_and_runs():
             continue
         attack = entry.build(image_net, plan.budget, epsilon=0.1, norm="l2", box=(0.0, 1.0),
                              generator=torch.Generator().manual_seed(0))
-        adversarial = attack(x, y)
+        steps: list[int] = []
+        with reporting(lambda steps=steps: steps.append(1)):
+            adversarial = attack(x, y)
         assert adversarial.shape == x.shape and ((adversarial - x).flatten(1).norm(dim=1) <= 0.1 + 1e-5).all(), name
         assert entry.label(plan.budget)
+        work = entry.work(plan.budget)  # what the progress line expects of it: at most its steps, early exits fewer
+        assert work.passes > 0 and 0 < len(steps) <= work.steps + 1, (name, len(steps), work)
     assert set(CLASSIFICATION_ATTACKS) == {"apgd-ce", "apgd-dlr", "apgd-t", "square", "pgd-margin"}
     assert plan.members(CLASSIFICATION, image_inputs=False) == ["apgd-ce", "apgd-t"]  # Square needs images
     assert plan.members(REGRESSION) == ["apgd-mse"]

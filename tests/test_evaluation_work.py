@@ -20,6 +20,7 @@ from lipreg.evaluation import (
     RobustnessResult,
     wilson_interval,
 )
+from lipreg.evaluation.registry import Work
 from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, logit_margin, noisy_pairs, pgd
 from lipreg.functional.apgd import apgd, apgd_targeted
 from lipreg.functional.bounds import certified_radius, class_pair_bounds, l2_reach, rival_radii
@@ -340,6 +341,44 @@ def test_the_time_left_weights_each_stage_by_its_seconds_per_image_in_the_last_b
     now[0] = 220.0
     assert progress.within_batch() == pytest.approx(0.1 + 0.9 * 90 / 180)
     assert progress.fraction() == pytest.approx((100 + 200 * 0.55) / 300)
+
+
+def test_each_stage_has_its_a_priori_work_per_image():
+    work = EvaluationPlan().stage_work(CLASSIFICATION)
+    assert list(work) == EvaluationPlan().stages(CLASSIFICATION)
+    assert work["noise 0.25"] == Work(1 / 3) and work["fgsm 0.1"] == Work(4 / 3)
+    assert work["pgd ε=1"] == work["pgd_sign ε=2"] == Work(100, 100)
+    assert work["apgd-ce ε=0.5"] == Work(100, 100) and work["apgd-t ε=1.5"] == Work(900, 900)
+    assert work["square ε=0.5–2"] == Work(4 * 5000 / 3, 5000)  # every radius at once: 5,000 queries of each
+    small = EvaluationPlan(pgd_epsilons=[1.0], pgd_steps=10, pgd_restarts=2, apgd_steps=20, apgd_targets=3,
+                           square_queries=300, sign_pgd=False).stage_work(CLASSIFICATION)
+    assert small["pgd ε=1"] == Work(20, 20) and small["apgd-t ε=1"] == Work(60, 60)
+    assert small["square ε=1"] == Work(100, 300)
+
+
+def test_the_first_batch_weighs_its_stages_by_their_work_and_counts_the_steps_of_the_current_one():
+    work = {"pgd ε=1": Work(100, 100), "apgd-t ε=1": Work(900, 900), "square ε=1": Work(1000, 5000)}
+    progress = EvaluationProgress(100, list(work), every=0, work=work)
+    progress.begin_batch(100)
+    progress.stage("pgd ε=1")
+    for _ in range(50):
+        progress.step()
+    assert progress.within_batch() == pytest.approx(50 / 2000)  # half of PGD's 100 of 2,000 passes
+    progress.stage("apgd-t ε=1")  # the steps count afresh in each stage
+    assert progress.within_batch() == pytest.approx(100 / 2000)
+    progress.stage("square ε=1")
+    for _ in range(2500):
+        progress.step()
+    assert progress.within_batch() == pytest.approx((1000 + 500) / 2000)  # not 2/3 done, as stage by stage
+    for _ in range(5000):
+        progress.step()
+    assert progress.within_batch() == pytest.approx(1.0)  # more steps than expected: the stage's weight at most
+    assert progress.fraction() == pytest.approx(1.0)
+    alike = EvaluationProgress(100, list(work), every=0)  # without work: stage by stage, as before
+    alike.begin_batch(100)
+    alike.stage("square ε=1")
+    alike.step()
+    assert alike.within_batch() == pytest.approx(2 / 3)
 
 
 class InterruptAfter(RobustnessEvaluation):

@@ -1,17 +1,16 @@
 """Certified accuracy on the validation split during training: the curve of a certificate against time."""
 
-from typing import Any
-
 import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lipreg.callbacks.sampled_validation import SampledValidation
 from lipreg.errors import LipregError
-from lipreg.evaluation import CERTIFICATES, EvaluationPlan, ImageSchedule
+from lipreg.evaluation import CERTIFICATES, EvaluationPlan
 
 
-class CertifiedValidation(L.Callback):
+class CertifiedValidation(SampledValidation):
     """Logs ``val/certified_acc@ε`` for each of ``radii`` and ``val/mean_certified_radius`` at every
     validation: the share of the first ``sample_size`` validation images (all when ``None``) whose
     certified radius (``lipreg test``'s deterministic certificate, ``class-pair``: the margins over
@@ -26,12 +25,10 @@ class CertifiedValidation(L.Callback):
     def __init__(self, radii: list[float] = [1.58], sample_size: int | None = None) -> None:  # noqa: B006
         if not radii or any(r < 0 for r in radii):
             raise LipregError(f"CertifiedValidation needs radii >= 0, got {radii}")
-        if sample_size is not None and sample_size < 1:
-            raise LipregError(f"sample_size must be >= 1, got {sample_size}")
+        super().__init__(sample_size)
         self.radii = list(radii)
-        self.sample_size = sample_size
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         shape = getattr(trainer.datamodule, "input_shape", None)
         if shape is None or not pl_module.task_spec.classification:
             raise LipregError("CertifiedValidation certifies a classifier on a data module with an input_shape")
@@ -44,22 +41,15 @@ class CertifiedValidation(L.Callback):
         device = pl_module.device
         self.accuracy = {r: MeanMetric(nan_strategy="disable").to(device) for r in self.radii}
         self.radius = MeanMetric(nan_strategy="disable").to(device)
-        self.images = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                                batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = self.images.take(*batch)
-        if len(x) == 0:
-            return
+    def measure(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> None:
         with torch.no_grad():
             radius = self.certifier(x, y, pl_module.net(x))
         self.radius.update(radius)
         for r, metric in self.accuracy.items():
             metric.update((radius > r).float())
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.radius.update_count == 0 and trainer.world_size == 1:
-            return
+    def computed(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
         logged = {f"val/certified_acc@{r:g}": metric.compute() for r, metric in self.accuracy.items()}
         logged["val/mean_certified_radius"] = self.radius.compute()
-        pl_module.log_dict(logged, sync_dist=True)
+        return logged

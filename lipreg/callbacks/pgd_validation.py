@@ -1,14 +1,14 @@
 """PGD robustness on the validation split during training: the checkpoint criterion."""
 
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from lipreg.callbacks.attack_support import require_gradients
+from lipreg.callbacks.sampled_validation import SampledValidation
 from lipreg.errors import LipregError
-from lipreg.evaluation import ImageSchedule
 from lipreg.functional import pgd
 from lipreg.functional.attacks import Norm
 from lipreg.functional.losses import margin_loss
@@ -17,7 +17,7 @@ from lipreg.methods.base import LipRegModule, epoch_mean
 ValidationLoss = Literal["margin", "ce"]
 
 
-class PGDValidation(L.Callback):
+class PGDValidation(SampledValidation):
     """PGD accuracy on the validation split, logged as ``val/pgd_acc`` (regression: ``val/pgd_mse``).
 
     Runs at every validation (choose how often with ``trainer.check_val_every_n_epoch``), on the
@@ -49,8 +49,6 @@ class PGDValidation(L.Callback):
     ) -> None:
         if epsilon < 0 or step_size <= 0 or steps < 1:
             raise LipregError(f"need epsilon >= 0, step_size > 0, steps >= 1; got {epsilon}, {step_size}, {steps}")
-        if sample_size is not None and sample_size < 1:
-            raise LipregError(f"sample_size must be >= 1, got {sample_size}")
         if loss not in ("margin", "ce"):
             raise LipregError(f"PGDValidation loss must be 'margin' or 'ce', got {loss!r}")
         self.epsilon = epsilon
@@ -59,18 +57,13 @@ class PGDValidation(L.Callback):
         self.norm = norm
         self.sign_steps = sign_steps
         self.loss = loss
-        self.sample_size = sample_size
+        super().__init__(sample_size)
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         require_gradients(self, "validation")
         self.metric = epoch_mean().to(pl_module.device)
-        self.images = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                                batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = self.images.take(*batch)
-        if len(x) == 0:
-            return
+    def measure(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> None:
         module: LipRegModule = pl_module
         task = module.task_spec
         loss = margin_loss if task.classification and self.loss == "margin" else task.per_sample_loss
@@ -79,7 +72,5 @@ class PGDValidation(L.Callback):
         with torch.no_grad():
             self.metric.update(task.score(module.net(adversarial), y))
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.metric.update_count == 0 and trainer.world_size == 1:
-            return  # under DDP a process without samples (sample_size < processes) still joins the reduction
-        pl_module.log(f"val/pgd_{pl_module.task_spec.short}", self.metric.compute(), sync_dist=True)
+    def computed(self, pl_module: L.LightningModule) -> dict[str, Tensor]:
+        return {f"val/pgd_{pl_module.task_spec.short}": self.metric.compute()}

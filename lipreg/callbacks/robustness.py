@@ -166,9 +166,9 @@ class RobustnessEvaluation(L.Callback):
         self.scores = ScoreAccumulator(self.plan, task, self.plan.members(task, suite.image_inputs),
                                        suite.certifier is not None, pl_module.device, suite.prunes_rivals)
         self.schedule = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size, self.time_budget)
-        self.progress = EvaluationProgress(self._attacked_images(trainer), self.plan.stages(task, suite.image_inputs),
-                                           self.progress_every, enabled=trainer.is_global_zero,
-                                           budget_minutes=self.time_budget)
+        work = self.plan.stage_work(task, suite.image_inputs)
+        self.progress = EvaluationProgress(self._attacked_images(trainer), list(work), self.progress_every,
+                                           enabled=trainer.is_global_zero, budget_minutes=self.time_budget, work=work)
         suite.stage = self.progress.stage
         self.progress.start(self.described)
 
@@ -198,7 +198,7 @@ class RobustnessEvaluation(L.Callback):
     def _heartbeat(self) -> None:
         """Every attack step: a SIGTERM's stop is taken here (``lipreg.stopping``), then the progress line."""
         stop_if_requested()
-        self.progress.tick()
+        self.progress.step()
 
     def build_result(self, trainer: L.Trainer, module: LipRegModule, finished: bool = True) -> RobustnessResult:
         """The result of the chunks done; ``finished=False`` (an interrupted test) leaves out the

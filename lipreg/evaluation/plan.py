@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from lipreg.errors import LipregError
-from lipreg.evaluation.registry import ATTACKS, CERTIFICATES, CLASSIFICATION_ATTACKS, REGRESSION_ATTACKS
+from lipreg.evaluation.registry import ATTACKS, CERTIFICATES, CLASSIFICATION_ATTACKS, REGRESSION_ATTACKS, Work
 from lipreg.functional.attacks import Norm
 from lipreg.functional.ensemble import EnsembleBudget
 from lipreg.task import TaskSpec
@@ -122,12 +122,24 @@ class EvaluationPlan:
 
     def stages(self, task: TaskSpec, image_inputs: bool = True) -> list[str]:
         """The evaluation's stages on one chunk of images, in order (for the progress line)."""
-        curves = self.curves()
-        others = [f"{c} {p:g}" for c, values in curves.items() for p in values if c not in PGD_CURVES]
-        pgd_last = [f"{c} ε={e:g}" for c, values in curves.items() for e in values if c in PGD_CURVES]
-        ensemble = [f"{m} ε={e:g}" for e in sorted(self.pgd_epsilons) for m in self.radius_members(task, image_inputs)]
-        ensemble += [f"{m} {self.radii_label()}" for m in self.closing_members(task, image_inputs)]
-        return others + pgd_last + ensemble
+        return list(self.stage_work(task, image_inputs))
+
+    def stage_work(self, task: TaskSpec, image_inputs: bool = True) -> dict[str, Work]:
+        """Each stage of a chunk (in order, :meth:`stages`) with its work per image when no image leaves
+        early: a noise curve's point one forward pass, FGSM's one forward+backward pass and a forward,
+        a PGD column's ``pgd_steps·pgd_restarts`` passes, an ensemble member's ``ATTACKS[name].work``
+        per radius (a closing one's times the radii it attacks at once)."""
+        curves, budget = self.curves(), self.budget
+        one_pass = {"noise": Work(1 / 3), "fgsm": Work(4 / 3)}
+        pgd = Work(self.pgd_steps * self.pgd_restarts, self.pgd_steps * self.pgd_restarts)
+        work = {f"{c} {p:g}": one_pass[c] for c, values in curves.items() for p in values if c not in PGD_CURVES}
+        work |= {f"{c} ε={e:g}": pgd for c, values in curves.items() for e in values if c in PGD_CURVES}
+        for e in sorted(self.pgd_epsilons):
+            work |= {f"{m} ε={e:g}": ATTACKS[m].work(budget) for m in self.radius_members(task, image_inputs)}
+        for m in self.closing_members(task, image_inputs):
+            member = ATTACKS[m].work(budget)
+            work[f"{m} {self.radii_label()}"] = Work(member.passes * len(self.pgd_epsilons), member.steps)
+        return work
 
     def settings(self) -> dict[str, object]:
         """The attack settings a result records (``settings`` in ``robustness.json``)."""

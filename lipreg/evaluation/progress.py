@@ -2,11 +2,12 @@
 and where the time went, per attack."""
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from torch import Tensor
 
+from lipreg.evaluation.registry import Work
 from lipreg.timing import duration
 
 #: The kind of the time a batch spends before its first stage: the clean forward pass and the certificate.
@@ -17,12 +18,14 @@ class EvaluationProgress:
     """Prints where an evaluation stands at the start and then at least every ``every`` seconds.
 
     The evaluation announces each batch (``begin_batch``/``end_batch``) and each stage of it
-    (``stage``: an attack at a radius); attack loops call :meth:`tick` every step (through
+    (``stage``: an attack at a radius); attack loops call :meth:`step` every step (through
     ``lipreg.functional.progress.reporting``), so a line comes on time inside a long attack on a
     large batch too. The time left extrapolates the elapsed time over the images done, a batch in
     progress counted by the share of its work done: each stage weighted by the seconds per image it
-    took in the last batch finished (in the first batch, each stage alike), the current one by the
-    time it has run so far (at most its weight), so that a long last stage does not read as nearly done.
+    took in the last batch finished, the current one by the time it has run so far (at most its
+    weight); in the first batch, each stage by its a priori ``work`` (forward+backward passes per image,
+    ``EvaluationPlan.stage_work``; without it each stage alike), the current one by the steps it has
+    reported of those it would take. So a long last stage (Square) does not read as nearly done.
 
     It also keeps the seconds spent per kind of stage (:attr:`seconds`): per attack (a stage's name up
     to its first space, e.g. ``apgd-t`` over every ε), :data:`CHUNK_START` for what a batch does before
@@ -31,6 +34,7 @@ class EvaluationProgress:
     Args:
         images: the images the evaluation attacks (``None``: unknown).
         stages: the stages one batch goes through, in order.
+        work: each stage's :class:`~lipreg.evaluation.registry.Work` per image (``None``: the stages alike).
         every: seconds between lines; 0 disables the lines.
         enabled: print at all (rank 0 only under DDP).
         budget_minutes: the evaluation's time budget, which caps the time left (``None``: none).
@@ -39,14 +43,17 @@ class EvaluationProgress:
 
     def __init__(self, images: int | None, stages: Sequence[str], every: float = 30.0, enabled: bool = True,
                  budget_minutes: float | None = None,
-                 write: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+                 write: Callable[[str], None] = lambda line: print(line, flush=True),
+                 work: Mapping[str, Work] | None = None) -> None:
         self.images, self.stages, self.every = images, list(stages), every
+        self.work = dict(work or {})
         self.budget = None if budget_minutes is None else 60.0 * budget_minutes
         self.enabled = enabled and every > 0
         self.write = write
         self.done = 0
         self.batch = 0
         self.current = ""
+        self.steps = 0  # the steps the current stage has reported
         self.started = self.last = time.monotonic()
         self.seconds: dict[str, float] = {}
         self._timing: tuple[str, str, float] | None = None  # the stage being timed, its kind and since when
@@ -88,8 +95,13 @@ class EvaluationProgress:
 
     def stage(self, name: str) -> None:
         """The batch enters ``name`` (e.g. ``apgd-t ε=1``; timed as ``apgd-t``)."""
-        self.current = name
+        self.current, self.steps = name, 0
         self._time(name)
+        self.tick()
+
+    def step(self) -> None:
+        """One step of the current stage's attack is done (then :meth:`tick`)."""
+        self.steps += 1
         self.tick()
 
     @contextmanager
@@ -112,16 +124,23 @@ class EvaluationProgress:
 
     def within_batch(self) -> float:
         """The share of the batch in progress done: its stages before the current one and the current
-        one's time so far, weighted by the last batch's seconds per image (else stage by stage)."""
+        one's time so far, weighted by the last batch's seconds per image; before one batch was timed,
+        by their a priori work, the current one by its share of steps reported (else stage by stage)."""
         if not self.batch or self.current not in self.stages:
             return 0.0
         order = [CHUNK_START, *self.stages]
         at = order.index(self.current)
         weights = [self._per_image.get(name, 0.0) for name in order]
+        if sum(weights) > 0:
+            running = 0.0 if self._timing is None else (time.monotonic() - self._timing[2]) / self.batch
+            return (sum(weights[:at]) + min(running, weights[at])) / sum(weights)
+        work = [self.work.get(name, Work(1.0)) for name in self.stages]
+        weights = [0.0, *(item.passes for item in work)]
         if sum(weights) <= 0:
             return self.stages.index(self.current) / len(self.stages)
-        running = 0.0 if self._timing is None else (time.monotonic() - self._timing[2]) / self.batch
-        return (sum(weights[:at]) + min(running, weights[at])) / sum(weights)
+        steps = work[at - 1].steps
+        current = min(self.steps / steps, 1.0) if steps else 0.0
+        return (sum(weights[:at]) + current * weights[at]) / sum(weights)
 
     def fraction(self) -> float:
         """The share of the work done, a batch in progress counted by :meth:`within_batch`."""

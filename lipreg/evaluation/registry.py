@@ -25,6 +25,17 @@ from lipreg.functional.square import square
 
 
 @dataclass(frozen=True)
+class Work:
+    """An attack's work on one image at one radius when no image leaves it early: ``passes`` in
+    forward+backward passes (a forward pass alone counts ⅓) and the ``steps`` it reports
+    (``lipreg.functional.progress.report_step``). The progress line weighs the stages of a chunk by it
+    until one chunk was timed, and counts the steps of the stage in progress."""
+
+    passes: float
+    steps: int = 0
+
+
+@dataclass(frozen=True)
 class AttackEntry:
     """How to build a registered attack and how to name it with its budget.
 
@@ -33,31 +44,42 @@ class AttackEntry:
     squared error (the regression ensemble); ``targeted``: it runs once per rival class and takes
     ``reachable`` (``(logits, y) -> [B, C] bool``), the rivals a certificate cannot rule out at ε;
     ``radii_at_once``: it takes one radius per sample (``epsilon`` a ``[B]`` tensor), so where it closes
-    the ensemble it runs once over every radius (``EvaluationPlan.closing_members``)."""
+    the ensemble it runs once over every radius (``EvaluationPlan.closing_members``); ``work``: its
+    :class:`Work` on one image at one radius under a budget."""
 
     build: Callable[..., Attack]
     label: Callable[[EnsembleBudget], str]
+    work: Callable[[EnsembleBudget], Work]
     images_only: bool = False
     regression: bool = False
     targeted: bool = False
     radii_at_once: bool = False
 
 
+def _gradient_steps(steps: int) -> Work:
+    """``steps`` forward+backward passes, one reported step each."""
+    return Work(steps, steps)
+
+
 ATTACKS: dict[str, AttackEntry] = {
     "apgd-ce": AttackEntry(lambda m, b, **c: partial(apgd, m, steps=b.apgd_steps, **c),
-                           lambda b: f"APGD-CE ({b.apgd_steps} steps)"),
+                           lambda b: f"APGD-CE ({b.apgd_steps} steps)", lambda b: _gradient_steps(b.apgd_steps)),
     "apgd-dlr": AttackEntry(lambda m, b, **c: partial(apgd, m, steps=b.apgd_steps, loss_fn=dlr_loss, **c),
-                            lambda b: f"APGD-DLR ({b.apgd_steps} steps)"),
+                            lambda b: f"APGD-DLR ({b.apgd_steps} steps)", lambda b: _gradient_steps(b.apgd_steps)),
     "apgd-t": AttackEntry(lambda m, b, **c: partial(apgd_targeted, m, steps=b.apgd_steps, targets=b.apgd_targets, **c),
-                          lambda b: f"APGD-T ({b.apgd_steps} steps, {b.apgd_targets} targets)", targeted=True),
+                          lambda b: f"APGD-T ({b.apgd_steps} steps, {b.apgd_targets} targets)",
+                          lambda b: _gradient_steps(b.apgd_steps * b.apgd_targets), targeted=True),
     "square": AttackEntry(lambda m, b, **c: partial(square, m, queries=b.square_queries, **c),
-                          lambda b: f"Square ({b.square_queries} queries)", images_only=True, radii_at_once=True),
+                          lambda b: f"Square ({b.square_queries} queries)",
+                          lambda b: Work(b.square_queries / 3, b.square_queries), images_only=True, radii_at_once=True),
     "pgd-margin": AttackEntry(lambda m, b, **c: partial(pgd, m, step_size=b.pgd_step_size, steps=b.pgd_steps,
                                                         loss_fn=margin_loss, **c),
-                              lambda b: f"PGD-margin ({b.pgd_steps} steps of {b.pgd_step_size:g})"),
+                              lambda b: f"PGD-margin ({b.pgd_steps} steps of {b.pgd_step_size:g})",
+                              lambda b: _gradient_steps(b.pgd_steps)),
     "apgd-mse": AttackEntry(lambda m, b, **c: partial(apgd, m, steps=b.apgd_steps, loss_fn=per_sample_squared_error,
                                                       is_adversarial=None, **c),
-                            lambda b: f"APGD-MSE ({b.apgd_steps} steps)", regression=True),
+                            lambda b: f"APGD-MSE ({b.apgd_steps} steps)", lambda b: _gradient_steps(b.apgd_steps),
+                            regression=True),
 }
 
 #: The members an ``evaluation.ensemble`` may name (classification).

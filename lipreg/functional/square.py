@@ -199,9 +199,9 @@ class _WindowUpdate:
 
     def keep(self, images: Tensor, kept: Tensor) -> None:
         """Keep the change in the images where ``kept`` holds, undo it in the others."""
-        (first, second), flat, rows = _split(self.both), images.view(len(images), -1), kept[:, None]
-        flat.scatter_(1, second, torch.where(rows, self.second_values, self.second_before))
-        flat.scatter_(1, first, torch.where(rows, self.first_values, self.first_before))
+        (first, second), flat = _split(self.both), images.view(len(images), -1)
+        flat.scatter_(1, second, select_samples(kept, self.second_values, self.second_before))
+        flat.scatter_(1, first, select_samples(kept, self.first_values, self.first_before))
 
     def changes(self) -> tuple[Tensor, Tensor]:
         """The changed pixels' flat indices and changes ``[n, 2·s·s]`` (an index of both windows twice: the
