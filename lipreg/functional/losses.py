@@ -31,7 +31,7 @@ def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
     """``f_y(x) − max_{j≠y} f_j(x)`` per sample: positive exactly when the sample is classified correctly."""
     true = logits.gather(1, target.unsqueeze(1)).squeeze(1)
     others = logits.scatter(1, target.unsqueeze(1), float("-inf"))
-    return true - others.max(dim=1).values
+    return true - others.amax(dim=1)
 
 
 def margin_loss(logits: Tensor, target: Tensor) -> Tensor:

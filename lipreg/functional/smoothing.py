@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lipreg.functional.progress import report_step
+
 #: CERTIFY's answer when it abstains.
 ABSTAIN = -1
 
@@ -62,6 +64,7 @@ def noisy_class_counts(model: Callable[[Tensor], Tensor], x: Tensor, sigma: floa
             predicted = model(noisy.flatten(0, 1)).argmax(dim=1).view(len(x), copies)
             counts += torch.nn.functional.one_hot(predicted, num_classes).sum(dim=1)
             done += copies
+            report_step()
     return counts
 
 

@@ -1,11 +1,19 @@
-"""Square's cheap L2 queries: the in-place window update proposes what Algorithm 3 proposes, and an
+"""Square's cheap L2 queries: the window update proposes what Algorithm 3 proposes, and an
 MLP's affine stem gives the search the same margins as the whole network."""
 
 import pytest
 import torch
 from torch import nn
 
-from lipreg.functional.square import _l2_proposal, _l2_start, _l2_window_update, square, window_table
+from lipreg.functional.square import (
+    _l2_proposal,
+    _l2_start,
+    _l2_window_update,
+    _PixelPairs,
+    _two_windows,
+    square,
+    window_table,
+)
 from lipreg.functional.stem import affine_stem
 from lipreg.nets import MLP, MadryCNN
 from lipreg.nets.normalize import Normalize
@@ -21,19 +29,23 @@ def test_window_table_lists_every_window_once():
 
 
 @pytest.mark.parametrize("size", [3, 5, 13, 25])  # 25 of 28: the two windows always overlap
-def test_the_in_place_window_update_proposes_what_algorithm_3_proposes(size):
+def test_the_window_update_proposes_what_algorithm_3_proposes(size):
     torch.manual_seed(0)
     centre, epsilon = torch.rand(64, 1, 28, 28), 1.5
     best = _l2_start(centre, epsilon, torch.Generator().manual_seed(1)).clamp(0.0, 1.0)
     squared = (best - centre).flatten(1).double().square().sum(1)
 
     expected = _l2_proposal(centre, best, epsilon, size, (0.0, 1.0), torch.Generator().manual_seed(2))
-    proposal = best.clone()
-    update = _l2_window_update(centre, proposal, squared, torch.full((64,), epsilon**2, dtype=torch.float64), size,
+    images = _PixelPairs(centre, best)
+    update = _l2_window_update(images, squared, torch.full((64,), epsilon**2, dtype=torch.float64), size, 28, 28,
                               (0.0, 1.0), torch.Generator().manual_seed(2))
+    assert torch.equal(images.best.view_as(best), best)  # computed on the windows: nothing written yet
+    update.write(images)
+    proposal = images.best.reshape(best.shape)
 
     assert (proposal - expected).abs().max() < 1e-6  # the same draws, the same proposal
     assert not torch.equal(proposal, best)
+    assert torch.equal(images.centre.reshape(centre.shape), centre)  # x itself is never written
     assert torch.allclose(update.squared, (proposal - centre).flatten(1).double().square().sum(1), rtol=1e-5)
     indices, changes = update.changes()  # what the stem adds up: the whole change of each image
     moved = best.clone().view(64, -1)
@@ -42,9 +54,26 @@ def test_the_in_place_window_update_proposes_what_algorithm_3_proposes(size):
     assert (moved.view_as(best) - proposal).abs().max() < 1e-6
 
     kept = torch.arange(64) % 2 == 0
-    update.keep(proposal, kept)
-    assert torch.equal(proposal[~kept], best[~kept])  # undone exactly
-    assert (proposal[kept] - expected[kept]).abs().max() < 1e-6
+    update.keep(images, kept)
+    kept_proposal = images.best.reshape(best.shape)
+    assert torch.equal(kept_proposal[~kept], best[~kept])  # undone exactly
+    assert (kept_proposal[kept] - expected[kept]).abs().max() < 1e-6
+
+    in_rows = _PixelPairs(centre, best)
+    update.write(in_rows, kept.nonzero().squeeze(1))  # the change written to the kept rows alone
+    assert torch.equal(in_rows.best.reshape(best.shape), kept_proposal)
+
+
+@pytest.mark.parametrize("size,height,width", [(3, 5, 4), (3, 8, 8), (5, 28, 28), (25, 28, 28)])
+def test_two_windows_are_windows_of_the_table_and_know_their_shared_pixels(size, height, width):
+    both, outside = _two_windows(500, size, height, width, torch.zeros(1), torch.Generator().manual_seed(0))
+    table = window_table(size, height, width, torch.device("cpu"))
+    first, second = both.tensor_split(2, dim=1)
+    for window in (first, second):  # each a row of the table: a whole window inside the image
+        assert (window[:, None, :] == table[None]).all(2).any(1).all()
+    inside_second = (first[:, :, None] == second[:, None, :]).any(2)  # [n, s·s]: W₁'s pixel among W₂'s
+    assert torch.equal(outside, torch.cat([~inside_second, torch.ones_like(inside_second)], dim=1).float())
+    assert inside_second.any() and not inside_second.all()
 
 
 @pytest.mark.parametrize("norm,channels", [("l2", 1), ("l2", 3), ("linf", 1)])  # windowed, general, L∞
