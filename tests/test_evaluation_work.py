@@ -25,6 +25,8 @@ from lipreg.functional import lipschitz_lower_bound, lipschitz_upper_bound, logi
 from lipreg.functional.apgd import apgd, apgd_targeted
 from lipreg.functional.bounds import certified_radius, class_pair_bounds, l2_reach, rival_radii
 from lipreg.functional.losses import margin_loss, misclassified, targeted_dlr_loss
+from lipreg.functional.progress import reporting
+from lipreg.functional.smoothing import smoothed_certify
 from lipreg.functional.square import square
 from lipreg.methods import Standard
 from lipreg.nets import MLP
@@ -258,7 +260,7 @@ def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(t
     assert saved["intervals"] == json.loads(json.dumps(result.intervals.to_dict()))
     assert RobustnessResult.from_dict(saved) == result  # the JSON round trip
     assert "95 % Wilson intervals" in format_table([result]) and "mean certified radius" in format_table([result])
-    stages = {"clean+certificate", "pgd", "pgd_sign", "apgd-ce", "apgd-t", "square", "lipschitz lower bound"}
+    stages = {"clean", "certificate", "pgd", "pgd_sign", "apgd-ce", "apgd-t", "square", "lipschitz lower bound"}
     assert set(result.seconds) == stages and all(seconds > 0 for seconds in result.seconds.values())
     assert "time: " in capsys.readouterr().out  # where the time went, under the table
 
@@ -308,12 +310,12 @@ def test_progress_times_each_attack_over_its_radii_and_what_it_is_told_to(monkey
         now[0] = 20.0
     at(20.5, "begin_batch", 0)
     at(30.0, "end_batch")
-    assert progress.seconds == {"clean+certificate": 2.0 + 9.5, "pgd": 1.0 + 1.0, "apgd-t": 4.0,
+    assert progress.seconds == {"clean": 2.0 + 9.5, "pgd": 1.0 + 1.0, "apgd-t": 4.0,
                                 "lipschitz lower bound": 1.0}
     result = RobustnessResult(method="Standard", task="classification", metric="accuracy", checkpoint=None,
                               samples=10, attack_samples=10, clean=1.0, clean_subset=1.0,
                               seconds={**progress.seconds, "noise": 0.01, "fgsm": 0.02})
-    assert time_summary(result) == ("time: 19 s in all: clean+certificate 12 s (62%), apgd-t 4 s (22%), "
+    assert time_summary(result) == ("time: 19 s in all: clean 12 s (62%), apgd-t 4 s (22%), "
                                     "pgd 2 s (11%), lipschitz lower bound 1 s (5%), the rest 0 s")
     assert RobustnessResult.from_dict(json.loads(json.dumps(result.to_dict()))).seconds == result.seconds
     assert RobustnessResult.from_dict({k: v for k, v in result.to_dict().items() if k != "seconds"}).seconds == {}
@@ -354,11 +356,24 @@ def test_each_stage_has_its_a_priori_work_per_image():
                            square_queries=300, sign_pgd=False).stage_work(CLASSIFICATION)
     assert small["pgd ε=1"] == Work(20, 20) and small["apgd-t ε=1"] == Work(60, 60)
     assert small["square ε=1"] == Work(100, 300)
+    certified = EvaluationPlan().stage_work(CLASSIFICATION, certified=True)  # the certificate comes first
+    assert list(certified) == ["certificate", *work] and certified["certificate"] == Work(0.0)
+    smoothed = EvaluationPlan(certificate="smoothing", smoothing_selection=100, smoothing_samples=2000)
+    assert smoothed.stage_work(CLASSIFICATION, certified=True)["certificate"] == Work(2100 / 3)  # forward passes
+
+
+def test_the_smoothed_certificate_has_a_heartbeat():
+    """Its noise draws took minutes without a progress line, and a SIGTERM waited for them."""
+    beats = []
+    with reporting(lambda: beats.append(1)):
+        smoothed_certify(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), torch.rand(10, 4), 0.25, 3,
+                         selection_samples=20, samples=300, batch_size=100)
+    assert len(beats) == 2 + 30  # one per batch of noisy copies: 10 images × 10 copies a batch
 
 
 def test_the_first_batch_weighs_its_stages_by_their_work_and_counts_the_steps_of_the_current_one():
     work = {"pgd ε=1": Work(100, 100), "apgd-t ε=1": Work(900, 900), "square ε=1": Work(1000, 5000)}
-    progress = EvaluationProgress(100, list(work), every=0, work=work)
+    progress = EvaluationProgress(100, work, every=0)
     progress.begin_batch(100)
     progress.stage("pgd ε=1")
     for _ in range(50):

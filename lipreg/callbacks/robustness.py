@@ -166,9 +166,9 @@ class RobustnessEvaluation(L.Callback):
         self.scores = ScoreAccumulator(self.plan, task, self.plan.members(task, suite.image_inputs),
                                        suite.certifier is not None, pl_module.device, suite.prunes_rivals)
         self.schedule = ImageSchedule(self.sample_size, trainer.global_rank, trainer.world_size, self.time_budget)
-        work = self.plan.stage_work(task, suite.image_inputs)
-        self.progress = EvaluationProgress(self._attacked_images(trainer), list(work), self.progress_every,
-                                           enabled=trainer.is_global_zero, budget_minutes=self.time_budget, work=work)
+        work = self.plan.stage_work(task, suite.image_inputs, certified=suite.certifier is not None)
+        self.progress = EvaluationProgress(self._attacked_images(trainer), work, self.progress_every,
+                                           enabled=trainer.is_global_zero, budget_minutes=self.time_budget)
         suite.stage = self.progress.stage
         self.progress.start(self.described)
 

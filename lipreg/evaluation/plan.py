@@ -120,19 +120,21 @@ class EvaluationPlan:
         budget = self.budget
         return described + [ATTACKS[name].label(budget) for name in self.members(task, image_inputs)]
 
-    def stages(self, task: TaskSpec, image_inputs: bool = True) -> list[str]:
+    def stages(self, task: TaskSpec, image_inputs: bool = True, certified: bool = False) -> list[str]:
         """The evaluation's stages on one chunk of images, in order (for the progress line)."""
-        return list(self.stage_work(task, image_inputs))
+        return list(self.stage_work(task, image_inputs, certified))
 
-    def stage_work(self, task: TaskSpec, image_inputs: bool = True) -> dict[str, Work]:
+    def stage_work(self, task: TaskSpec, image_inputs: bool = True, certified: bool = False) -> dict[str, Work]:
         """Each stage of a chunk (in order, :meth:`stages`) with its work per image when no image leaves
-        early: a noise curve's point one forward pass, FGSM's one forward+backward pass and a forward,
+        early: the certificate's ``CERTIFICATES[certificate].work`` where ``certified`` (the network has
+        one), a noise curve's point one forward pass, FGSM's one forward+backward pass and a forward,
         a PGD column's ``pgd_steps·pgd_restarts`` passes, an ensemble member's ``ATTACKS[name].work``
         per radius (a closing one's times the radii it attacks at once)."""
         curves, budget = self.curves(), self.budget
         one_pass = {"noise": Work(1 / 3), "fgsm": Work(4 / 3)}
         pgd = Work(self.pgd_steps * self.pgd_restarts, self.pgd_steps * self.pgd_restarts)
-        work = {f"{c} {p:g}": one_pass[c] for c, values in curves.items() for p in values if c not in PGD_CURVES}
+        work = {"certificate": CERTIFICATES[self.certificate].work(self)} if certified else {}
+        work |= {f"{c} {p:g}": one_pass[c] for c, values in curves.items() for p in values if c not in PGD_CURVES}
         work |= {f"{c} ε={e:g}": pgd for c, values in curves.items() for e in values if c in PGD_CURVES}
         for e in sorted(self.pgd_epsilons):
             work |= {f"{m} ε={e:g}": ATTACKS[m].work(budget) for m in self.radius_members(task, image_inputs)}

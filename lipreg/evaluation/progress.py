@@ -10,8 +10,8 @@ from torch import Tensor
 from lipreg.evaluation.registry import Work
 from lipreg.timing import duration
 
-#: The kind of the time a batch spends before its first stage: the clean forward pass and the certificate.
-CHUNK_START = "clean+certificate"
+#: The kind of the time a batch spends before its first stage: the clean forward pass.
+CHUNK_START = "clean"
 
 
 class EvaluationProgress:
@@ -29,24 +29,24 @@ class EvaluationProgress:
 
     It also keeps the seconds spent per kind of stage (:attr:`seconds`): per attack (a stage's name up
     to its first space, e.g. ``apgd-t`` over every ε), :data:`CHUNK_START` for what a batch does before
-    its first stage (the clean forward pass and the certificate), and whatever :meth:`timed` wraps.
+    its first stage (the clean forward pass), and whatever :meth:`timed` wraps.
 
     Args:
         images: the images the evaluation attacks (``None``: unknown).
-        stages: the stages one batch goes through, in order.
-        work: each stage's :class:`~lipreg.evaluation.registry.Work` per image (``None``: the stages alike).
+        stages: the stages one batch goes through, in order, each with its
+            :class:`~lipreg.evaluation.registry.Work` per image (``EvaluationPlan.stage_work``), or their
+            names alone (the stages alike).
         every: seconds between lines; 0 disables the lines.
         enabled: print at all (rank 0 only under DDP).
         budget_minutes: the evaluation's time budget, which caps the time left (``None``: none).
         write: where lines go.
     """
 
-    def __init__(self, images: int | None, stages: Sequence[str], every: float = 30.0, enabled: bool = True,
-                 budget_minutes: float | None = None,
-                 write: Callable[[str], None] = lambda line: print(line, flush=True),
-                 work: Mapping[str, Work] | None = None) -> None:
+    def __init__(self, images: int | None, stages: Sequence[str] | Mapping[str, Work], every: float = 30.0,
+                 enabled: bool = True, budget_minutes: float | None = None,
+                 write: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
         self.images, self.stages, self.every = images, list(stages), every
-        self.work = dict(work or {})
+        self.work = dict(stages) if isinstance(stages, Mapping) else {}
         self.budget = None if budget_minutes is None else 60.0 * budget_minutes
         self.enabled = enabled and every > 0
         self.write = write

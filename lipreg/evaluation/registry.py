@@ -139,13 +139,15 @@ class CertificateEntry:
     """How to prepare a registered certificate for a network, and what it certifies.
 
     ``prepare(net, input_shape, plan)`` returns a :data:`Certifier` (``None``: not for this network);
-    ``label(plan)`` names the certificate in the table; ``of_network``: it proves the network itself
+    ``label(plan)`` names the certificate in the table; ``work(plan)``: its :class:`Work` per image (the
+    progress line's weight of its stage); ``of_network``: it proves the network itself
     robust (a deterministic bound: the attacks skip images it certifies, and a test checks that no
     attack succeeds inside its radius); otherwise it is a certificate of another classifier (the
     smoothed one), which the attacks of the network do not test."""
 
     prepare: Callable[[nn.Module, tuple[int, ...], Any], Certifier | None]
     label: Callable[[Any], str]
+    work: Callable[[Any], Work]
     of_network: bool = True
 
 
@@ -181,8 +183,10 @@ def smoothing_certifier(net: nn.Module, input_shape: tuple[int, ...], plan: Any)
 
 #: Every certificate by name.
 CERTIFICATES: dict[str, CertificateEntry] = {
-    "class-pair": CertificateEntry(class_pair_certifier, lambda plan: "certified accuracy"),
+    "class-pair": CertificateEntry(class_pair_certifier, lambda plan: "certified accuracy",
+                                   lambda plan: Work(0.0)),  # the bounds are the network's: a few products per image
     "smoothing": CertificateEntry(
         smoothing_certifier, lambda plan: f"smoothed certified accuracy (σ={plan.smoothing_sigma:g}, "
-        f"n={plan.smoothing_samples}, α={plan.smoothing_alpha:g}; probabilistic)", of_network=False),
+        f"n={plan.smoothing_samples}, α={plan.smoothing_alpha:g}; probabilistic)",
+        lambda plan: Work((plan.smoothing_selection + plan.smoothing_samples) / 3), of_network=False),
 }

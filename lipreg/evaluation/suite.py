@@ -119,7 +119,7 @@ class EvaluationSuite:
             logits = self.net(x)
         scores = ChunkScores(clean=self.task.score(logits, y))
         if self.certifier is not None and self.task.classification:
-            self.stage("certificate")  # the smoothed one can take long: a stage of the progress line
+            self.stage("certificate")  # a stage of its own: the smoothed one's noise draws can take long
             scores.radius = self.certifier(x, y, logits)
         with parametrize.cached():
             pgd_scores = self.curve_scores(x, y, scores)

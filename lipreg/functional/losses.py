@@ -8,6 +8,7 @@ distance to the decision boundary directly; DLR is also invariant to shifting an
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,11 +28,26 @@ def per_sample_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
     return (prediction - target).square().flatten(1).mean(dim=1)
 
 
-def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
-    """``f_y(x) − max_{j≠y} f_j(x)`` per sample: positive exactly when the sample is classified correctly."""
+def logit_margin(logits: Tensor, target: Tensor, label_mask: Tensor | None = None) -> Tensor:
+    """``f_y(x) − max_{j≠y} f_j(x)`` per sample: positive exactly when the sample is classified correctly.
+
+    ``label_mask``: :func:`label_mask` of ``target``, where the caller scores the same samples many
+    times (a search): adding it is one pass where writing ``−∞`` over each label is several."""
     true = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-    others = logits.scatter(1, target.unsqueeze(1), float("-inf"))
-    return true - others.amax(dim=1)
+    if label_mask is None:
+        return true - logits.scatter(1, target.unsqueeze(1), float("-inf")).amax(dim=1)
+    return true - (logits + label_mask).amax(dim=1)
+
+
+def label_mask(target: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[B, C]``: ``−∞`` at each sample's label and 0 elsewhere (for :func:`logit_margin`).
+
+    Example:
+        >>> label_mask(torch.tensor([1]), 3)
+        tensor([[0., -inf, 0.]])
+    """
+    mask = torch.zeros(len(target), classes, dtype=dtype, device=target.device)
+    return mask.scatter_(1, target.unsqueeze(1), float("-inf"))
 
 
 def margin_loss(logits: Tensor, target: Tensor) -> Tensor:

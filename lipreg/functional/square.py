@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lipreg.functional.attacks import Norm, check_attack, clamp_to_box, per_sample_view, select_samples
-from lipreg.functional.losses import logit_margin
+from lipreg.functional.losses import label_mask, logit_margin
 from lipreg.functional.pairs import Box
 from lipreg.functional.progress import report_step
 from lipreg.functional.quotients import sample_norm
@@ -346,7 +346,7 @@ def _windowed_l2_search(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
     n, channels, height, width = x.shape
     margin = logit_margin(start, y)
     result = best.clone()
-    index, labels = torch.arange(n, device=x.device), y
+    index, labels, masks = torch.arange(n, device=x.device), y, label_mask(y, start.shape[1], start.dtype)
     images = _PixelPairs(x, best)
     stem = affine_stem(model, best, start)
     hidden = stem.pre_activation(best) if stem is not None else best.new_empty(n, 0)  # the stem's output
@@ -360,8 +360,8 @@ def _windowed_l2_search(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
                 -1, channels, height, width))
             kept = robust.nonzero().squeeze(1)
             images.keep(kept)
-            index, margin, labels, norm_squared, hidden, epsilon_squared = (
-                t.index_select(0, kept) for t in (index, margin, labels, norm_squared, hidden, epsilon_squared))
+            index, margin, labels, masks, norm_squared, hidden, epsilon_squared = (
+                t.index_select(0, kept) for t in (index, margin, labels, masks, norm_squared, hidden, epsilon_squared))
         if len(index) == 0:
             break
         if step % 256 == 0:  # the running ‖δ‖² (and stem output) re-read, so that rounding cannot pile up
@@ -373,7 +373,7 @@ def _windowed_l2_search(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
                                    height, width, box, generator)
         if stem is not None:  # the margins from the windows' pixels; only the accepted changes are written
             new_hidden = stem.moved(hidden, *update.changes())
-            new_margin = logit_margin(stem.tail(new_hidden), labels)
+            new_margin = logit_margin(stem.tail(new_hidden), labels, masks)
             better = new_margin < margin
             accepted, newly_broken = torch.stack([better.sum(), (new_margin <= 0).sum()]).tolist()  # ≤ 0 < margin
             rows = torch.nonzero_static(better, size=accepted).squeeze(1)  # the count is read: no sync
@@ -382,7 +382,8 @@ def _windowed_l2_search(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
             check = newly_broken > 0
         else:
             update.write(images)
-            new_margin = logit_margin(model(images.best.unflatten(1, (channels, height, width)).contiguous()), labels)
+            new_margin = logit_margin(model(images.best.unflatten(1, (channels, height, width)).contiguous()), labels,
+                                      masks)
             better = new_margin < margin
             update.keep(images, better)
         norm_squared = torch.where(better, update.squared, norm_squared)
@@ -447,15 +448,15 @@ def square(
         margin = logit_margin(start, y)
         result = best.clone()
         index = torch.arange(n, device=x.device)
-        centre, labels = x, y
+        centre, labels, masks = x, y, label_mask(y, start.shape[1], start.dtype)
         for step in range(queries - 1):  # the start was the first query
             robust = margin > 0
             if not robust.all():  # the one host read of a query; a compaction adds one index
                 broken = (~robust).nonzero().squeeze(1)
                 result.index_copy_(0, index.index_select(0, broken), best.index_select(0, broken))
                 kept = robust.nonzero().squeeze(1)
-                index, centre, best, margin, labels, radius = (
-                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, radius))
+                index, centre, best, margin, labels, masks, radius = (
+                    t.index_select(0, kept) for t in (index, centre, best, margin, labels, masks, radius))
             if len(index) == 0:
                 break
             side = round(math.sqrt(window_share(p_init, step, queries) * height * width))
@@ -463,7 +464,7 @@ def square(
                 proposal = _linf_proposal(centre, best, radius, min(max(side, 1), height, width), box, generator)
             else:  # windows of odd size, at least 3
                 proposal = _l2_proposal(centre, best, radius, min(max(side, 3) | 1, height, width), box, generator)
-            new_margin = logit_margin(model(proposal), labels)
+            new_margin = logit_margin(model(proposal), labels, masks)
             better = new_margin < margin
             best = select_samples(better, proposal, best)
             margin = torch.where(better, new_margin, margin)
