@@ -128,7 +128,7 @@ def apgd(
             return clamp_to_box(project_onto_ball(points, centres, epsilon, float("inf")), box)
         delta = points.sub_(centres)
         factor = (epsilon / sample_norm(delta).clamp_min(MIN_DISTANCE)).clamp_(max=1.0)
-        projected = torch.addcmul(centres, delta, per_sample_view(factor, delta), out=delta)  # one pass
+        projected = delta.mul_(per_sample_view(factor, delta)).add_(centres)
         return projected if box is None else projected.clamp_(*box)
 
     x = x.detach()

@@ -140,10 +140,10 @@ def _pgd_step_(
         adversarial.addcmul_(grad, per_sample_view(step_size / sample_norm(grad).clamp_min_(MIN_DISTANCE), grad))
     delta = adversarial.sub_(x)
     if norm == "linf":
-        adversarial = delta.clamp_(-epsilon, epsilon).add_(x)
-    else:  # x + min(1, ε/‖δ‖)·δ in one pass
-        factor = torch.clamp(epsilon / sample_norm(delta).clamp_min_(MIN_DISTANCE), max=1.0)
-        adversarial = torch.addcmul(x, delta, per_sample_view(factor, delta), out=delta)
+        delta.clamp_(-epsilon, epsilon)
+    else:
+        delta.mul_(per_sample_view(torch.clamp(epsilon / sample_norm(delta).clamp_min_(MIN_DISTANCE), max=1.0), delta))
+    adversarial = delta.add_(x)
     return adversarial if box is None else adversarial.clamp_(box[0], box[1])
 
 
