@@ -261,7 +261,9 @@ def test_radii_from_small_to_large_and_early_stops_never_raise_robust_accuracy(t
     assert RobustnessResult.from_dict(saved) == result  # the JSON round trip
     assert "95 % Wilson intervals" in format_table([result]) and "mean certified radius" in format_table([result])
     stages = {"clean", "certificate", "pgd", "pgd_sign", "apgd-ce", "apgd-t", "square", "lipschitz lower bound"}
-    assert set(result.seconds) == stages and all(seconds > 0 for seconds in result.seconds.values())
+    assert set(result.seconds) == stages and all(seconds >= 0 for seconds in result.seconds.values())
+    assert all(result.seconds[kind] > 0 for kind in ("pgd", "apgd-t", "square"))  # the clean pass and the
+    # class-pair certificate take microseconds, which a coarse clock can read as 0
     assert "time: " in capsys.readouterr().out  # where the time went, under the table
 
 
