@@ -72,9 +72,7 @@ def window_table(size: int, height: int, width: int, device: torch.device) -> Te
     row per place, ``P = (H − s + 1)(W − s + 1)`` (built once per size; callers must not modify it)."""
     corners = (torch.arange(height - size + 1, device=device)[:, None] * width
                + torch.arange(width - size + 1, device=device)[None, :]).flatten()
-    steps = torch.arange(size, device=device)
-    offsets = (steps[:, None] * width + steps[None, :]).flatten()
-    return corners[:, None] + offsets[None, :]
+    return corners[:, None] + window_offsets(size, width, device)[None, :]
 
 
 def _window_indices(count: int, size: int, height: int, width: int, like: Tensor,
